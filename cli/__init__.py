@@ -1,0 +1,1 @@
+"""gemmapipe.cli: the thin Typer layer over gemmapipe.core."""

@@ -1,0 +1,3 @@
+from gemmapipe.cli.app import main
+
+main()

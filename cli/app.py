@@ -1,0 +1,126 @@
+"""The `gemmapipe` command: a Typer app whose errors all end in one line and a documented exit status.
+
+Only light modules are imported here: `--help` must not pay for numpy, av or llama_cpp.
+"""
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from gemmapipe import __version__
+from gemmapipe.core.errors import EXIT_STATUS_HELP, ExitStatus, GemmapipeError
+
+from . import chat, describe, diarize, transcribe, video
+
+EPILOG = "Exit status: " + "; ".join(f"{int(code)} {text}" for code, text in EXIT_STATUS_HELP.items()) + "."
+
+app = typer.Typer(
+    name="gemmapipe",
+    help="Gemma 4 unified (encoder-free) multimodal model from the shell: speech, images, video, chat.",
+    epilog=EPILOG,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+COMMANDS = ["transcribe", "diarize", "describe", "video", "chat"]
+app.command("transcribe", epilog=EPILOG, help="Speech to text.")(transcribe.command)
+app.command("diarize", epilog=EPILOG, help="Who spoke when (and what).")(diarize.command)
+app.command("describe", epilog=EPILOG, help="Image understanding: describe or answer about images.")(describe.command)
+app.command("video", epilog=EPILOG, help="Frames at 1 FPS plus audio, in one model call.")(video.command)
+app.command("chat", epilog=EPILOG, help="One-shot or interactive chat, with -a attachments.")(chat.command)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"gemmapipe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    pass
+
+
+def _want_traceback(argv: list[str]) -> bool:
+    return "--traceback" in argv or os.environ.get("GEMMAPIPE_TRACEBACK", "") not in ("", "0")
+
+
+def error_line(subject: str, reason: str, hint: str | None = None) -> None:
+    sys.stderr.write(f"gemmapipe: error: {subject}: {reason}\n")
+    if hint:
+        sys.stderr.write(f"gemmapipe: hint: {hint}\n")
+    sys.stderr.flush()
+
+
+def quiet_broken_pipe() -> None:
+    # Point stdout at /dev/null so the interpreter's final flush cannot raise again.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return the exit status instead of exiting (for tests and embedding)."""
+    from typer.exceptions import Abort, Exit, TyperException
+
+    from gemmapipe.core.config import default_map, load_config
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    traceback = _want_traceback(args)
+    command = typer.main.get_command(app)
+    try:
+        defaults = default_map(load_config(), COMMANDS)
+        result = command.main(args=args, prog_name="gemmapipe", standalone_mode=False, default_map=defaults)
+        if result == ExitStatus.INTERRUPTED:  # Typer turns KeyboardInterrupt into a returned 130
+            sys.stderr.write("\ngemmapipe: interrupted\n")
+        return int(result) if isinstance(result, int) else 0
+    except Exit as exc:
+        if exc.exit_code == ExitStatus.INTERRUPTED:
+            sys.stderr.write("\ngemmapipe: interrupted\n")
+        return exc.exit_code
+    except TyperException as exc:  # Click's usage errors (Typer vendors Click)
+        if traceback:
+            raise
+        ctx = getattr(exc, "ctx", None)
+        where = f"{ctx.command_path} --help" if ctx is not None else "gemmapipe --help"
+        error_line("usage", exc.format_message(), f"see '{where}'")
+        return ExitStatus.USAGE
+    except (KeyboardInterrupt, Abort):
+        sys.stderr.write("\ngemmapipe: interrupted\n")
+        return ExitStatus.INTERRUPTED
+    except BrokenPipeError:
+        quiet_broken_pipe()
+        return 141  # as if killed by SIGPIPE, like other Unix filters
+    except GemmapipeError as exc:
+        if traceback:
+            raise
+        error_line(exc.subject, exc.reason, exc.hint)
+        return exc.exit_status
+    except Exception as exc:
+        if traceback:
+            raise
+        error_line("internal", f"{type(exc).__name__}: {exc}",
+                   "this is a bug; rerun with --traceback and report it")
+        return ExitStatus.ERROR
+
+
+def main() -> None:
+    from .signals import install_signal_handlers
+
+    install_signal_handlers()
+    code = run()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        quiet_broken_pipe()
+        code = code or 141
+    sys.exit(code)

@@ -1,0 +1,85 @@
+"""gemmapipe describe INPUT...: image understanding."""
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .options import DRY_RUN, FAIL_FAST, OUTPUT_DIR, OUTPUT_PANEL, Common, input_args, with_common
+from .runner import Runner, ensure_output_dir, output_path_for
+from .transcribe import dry_run_plans
+
+FORMATS = ["txt", "json", "jsonl"]
+
+
+@with_common
+def command(
+    inputs: Annotated[list[str], input_args("Image files (any Pillow format), or - for stdin.")],
+    prompt: Annotated[str | None, typer.Option("-p", "--prompt", show_default=False,
+                                               help="What to ask (default: a concise description).")] = None,
+    schema: Annotated[str | None, typer.Option("--schema", show_default=False,
+                                               help="JSON Schema (inline or a file): the answer is valid JSON.")]
+    = None,
+    image_tokens: Annotated[int, typer.Option("--image-tokens", min=70, max=1120,
+                                              help="Token budget per image (70-1120).")] = 280,
+    fmt: Annotated[str | None, typer.Option("-f", "--format", rich_help_panel=OUTPUT_PANEL, show_default=False,
+                                            help="Output format: txt, json, jsonl (default: txt; jsonl for "
+                                                 "several inputs to one stream).")] = None,
+    output_dir: Annotated[Path | None, OUTPUT_DIR] = None,
+    dry_run: Annotated[bool, DRY_RUN] = False,
+    fail_fast: Annotated[bool, FAIL_FAST] = False,
+    *,
+    common: Common,
+) -> int:
+    from gemmapipe.core.errors import UsageError
+
+    if fmt is not None and fmt not in FORMATS:
+        raise UsageError("--format", f"unknown format {fmt!r}", f"choose one of {', '.join(FORMATS)}")
+    runner = Runner(common, needs={"vision"}, command="describe")
+    if dry_run:
+        return dry_run_plans(inputs, runner, want_audio=False, want_frames=True, image_tokens=image_tokens)
+
+    from gemmapipe.core.engine.grammar import load_schema
+    from gemmapipe.core.media.source import open_input
+    from gemmapipe.core.sink import open_sink
+    from gemmapipe.core.tasks.describe import DEFAULT_PROMPT, DescribeOptions, describe, n_ctx_for
+    from gemmapipe.core.writers import get_description_writer
+
+    options = DescribeOptions(prompt=prompt or DEFAULT_PROMPT, schema=load_schema(schema) if schema else None,
+                              image_tokens=image_tokens, generate=runner.generate_options(512))
+    several = len(inputs) > 1
+    fmt = fmt or ("jsonl" if several and output_dir is None else "txt")
+    engine_for = lambda: runner.engine(n_ctx=n_ctx_for(options), image_tokens=(70, image_tokens))  # noqa: E731
+
+    def one(spec: str, writer: Any) -> None:
+        with open_input(spec) as src:
+            if src.kind != "image":
+                hint = "use `gemmapipe video`" if src.kind == "video" else "use `gemmapipe transcribe`"
+                raise _bad_input(src.name, f"is {src.kind}, not an image", hint)
+            writer.write(describe(src, engine_for, options))
+
+    try:
+        if output_dir is not None:
+            ensure_output_dir(output_dir)
+
+            def to_file(spec: str) -> None:
+                with open_sink(output_path_for(output_dir, spec, fmt)) as out:
+                    writer = get_description_writer(fmt, out)
+                    one(spec, writer)
+                    writer.close()
+
+            return runner.each_input(inputs, to_file, fail_fast=fail_fast)
+        with open_sink(common.output) as out:
+            writer = get_description_writer(fmt, out, with_file=several)
+            try:
+                return runner.each_input(inputs, lambda s: one(s, writer), fail_fast=fail_fast)
+            finally:
+                writer.close()
+    finally:
+        runner.close()
+
+
+def _bad_input(name: str, reason: str, hint: str) -> Exception:
+    from gemmapipe.core.errors import BadInput
+
+    return BadInput(name, reason, hint)

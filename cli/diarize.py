@@ -1,0 +1,75 @@
+"""gemmapipe diarize INPUT...: who spoke when (and what)."""
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .options import DRY_RUN, FAIL_FAST, OUTPUT_DIR, OUTPUT_PANEL, Common, input_args, with_common
+from .runner import Runner
+from .transcribe import dry_run_plans, run_segments
+
+FORMATS = ["txt", "rttm", "srt", "vtt", "json", "jsonl"]
+
+
+@with_common
+def command(
+    inputs: Annotated[list[str], input_args("Audio or video files, or - for stdin.")],
+    fmt: Annotated[str | None, typer.Option("-f", "--format", rich_help_panel=OUTPUT_PANEL, show_default=False,
+                                            help=f"Output format: {', '.join(FORMATS)} (default: txt).")] = None,
+    speakers: Annotated[int | None, typer.Option("--speakers", min=1, show_default=False,
+                                                 help="Exact number of speakers, if known.")] = None,
+    min_speakers: Annotated[int, typer.Option("--min-speakers", min=1, help="At least this many speakers.")] = 1,
+    max_speakers: Annotated[int, typer.Option("--max-speakers", min=1, help="At most this many speakers.")] = 8,
+    names: Annotated[str | None, typer.Option("--names", show_default=False,
+                                              help="Comma-separated names, in order of first appearance.")] = None,
+    language: Annotated[str | None, typer.Option("-l", "--language", show_default=False,
+                                                 help="Spoken language (default: detect).")] = None,
+    score: Annotated[Path | None, typer.Option("--score", show_default=False,
+                                               help="Reference RTTM: print DER to stderr (needs gemmapipe[score]).")]
+    = None,
+    start: Annotated[str | None, typer.Option("--start", show_default=False, help="Start at this time.")] = None,
+    end: Annotated[str | None, typer.Option("--end", show_default=False, help="Stop at this time.")] = None,
+    output_dir: Annotated[Path | None, OUTPUT_DIR] = None,
+    dry_run: Annotated[bool, DRY_RUN] = False,
+    fail_fast: Annotated[bool, FAIL_FAST] = False,
+    *,
+    common: Common,
+) -> int:
+    from gemmapipe.core.errors import UsageError
+    from gemmapipe.core.timefmt import parse_time_ms
+
+    if fmt is not None and fmt not in FORMATS:
+        raise UsageError("--format", f"unknown format {fmt!r}", f"choose one of {', '.join(FORMATS)}")
+    start_ms, end_ms = parse_time_ms(start, what="--start"), parse_time_ms(end, what="--end")
+    runner = Runner(common, needs={"audio"}, command="diarize")
+    if dry_run:
+        return dry_run_plans(inputs, runner, want_audio=True, want_frames=False, start_ms=start_ms, end_ms=end_ms)
+
+    from gemmapipe.core.tasks.diarize import DiarizeOptions, diarize, n_ctx_for, score_der
+
+    if score is not None:
+        try:
+            import pyannote.metrics  # noqa: F401
+        except ImportError:
+            raise UsageError("--score", "needs pyannote.metrics", "pip install 'gemmapipe[score]'") from None
+    lo, hi = (speakers, speakers) if speakers else (min_speakers, max_speakers)
+    options = DiarizeOptions(min_speakers=lo, max_speakers=hi, language=language, start_ms=start_ms, end_ms=end_ms,
+                             names=[n.strip() for n in names.split(",") if n.strip()] if names else [],
+                             generate=runner.generate_options(320))
+    options.validate()
+    engine_for = lambda: runner.engine(n_ctx=n_ctx_for(options))  # noqa: E731
+
+    def task(src: Any, **kw: Any) -> Any:
+        result = diarize(src, engine_for, options, **kw)
+        if score is not None:
+            der = score_der(str(score), result.segments, Path(src.name).stem)
+            result.meta["der"] = der
+            sys.stderr.write("gemmapipe: DER {:.2%} (missed {:.2f}s, false alarm {:.2f}s, confusion {:.2f}s)\n".format(
+                der.get("diarization error rate", 0.0), der.get("missed detection", 0.0),
+                der.get("false alarm", 0.0), der.get("confusion", 0.0)))
+        return result
+
+    return run_segments(inputs, runner=runner, fmt=fmt, output_dir=output_dir, fail_fast=fail_fast,
+                        task=task, meta={"task": "diarize"})

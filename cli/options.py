@@ -1,0 +1,120 @@
+"""Options every subcommand shares, declared once and injected into each command's signature."""
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+MODEL_PANEL = "Model"
+OUTPUT_PANEL = "Output"
+
+
+@dataclass
+class Common:
+    model: Path | None = None
+    mmproj: Path | None = None
+    threads: int | None = None
+    gpu_layers: int = -1
+    ctx_size: int | None = None
+    seed: int | None = None
+    temperature: float = 0.0
+    max_tokens: int | None = None
+    no_template: bool = False
+    flash_attn: str = "auto"
+    cache_type: str = "f16"
+    output: str = "-"
+    quiet: bool = False
+    verbose: bool = False
+    no_progress: bool = False
+    traceback: bool = False
+
+
+# name -> (annotation, default); the annotation carries the typer.Option.
+_SPEC: dict[str, tuple[Any, Any]] = {
+    "model": (Annotated[Path | None, typer.Option(
+        "-m", "--model", envvar="GEMMAPIPE_MODEL", rich_help_panel=MODEL_PANEL, show_default=False,
+        help="Model GGUF (e.g. gemma-4-12B-it-Q4_K_M.gguf).")], None),
+    "mmproj": (Annotated[Path | None, typer.Option(
+        "--mmproj", envvar="GEMMAPIPE_MMPROJ", rich_help_panel=MODEL_PANEL, show_default=False,
+        help="Projector GGUF; default: the single mmproj*.gguf beside the model.")], None),
+    "threads": (Annotated[int | None, typer.Option(
+        "-t", "--threads", min=1, rich_help_panel=MODEL_PANEL, show_default=False,
+        help="CPU threads (default: available cores, at most 16).")], None),
+    "gpu_layers": (Annotated[int, typer.Option(
+        "--gpu-layers", rich_help_panel=MODEL_PANEL,
+        help="Layers to offload to the GPU; -1 = all when the build supports offload, 0 = CPU only.")], -1),
+    "ctx_size": (Annotated[int | None, typer.Option(
+        "-c", "--ctx-size", min=256, rich_help_panel=MODEL_PANEL, show_default=False,
+        help="Context size in tokens (default: sized to the job).")], None),
+    "seed": (Annotated[int | None, typer.Option(
+        "--seed", rich_help_panel=MODEL_PANEL, show_default=False,
+        help="Sampling seed (default: random; irrelevant when greedy).")], None),
+    "temperature": (Annotated[float, typer.Option(
+        "--temperature", min=0.0, rich_help_panel=MODEL_PANEL, help="Sampling temperature; 0 = greedy.")], 0.0),
+    "max_tokens": (Annotated[int | None, typer.Option(
+        "--max-tokens", min=1, rich_help_panel=MODEL_PANEL, show_default=False,
+        help="Most tokens to generate per answer (default depends on the command).")], None),
+    "no_template": (Annotated[bool, typer.Option(
+        "--no-template", rich_help_panel=MODEL_PANEL,
+        help="Ignore the GGUF's chat template: plain completion.")], False),
+    "flash_attn": (Annotated[str, typer.Option(
+        "--flash-attn", rich_help_panel=MODEL_PANEL, help="Flash attention: auto, on or off.")], "auto"),
+    "cache_type": (Annotated[str, typer.Option(
+        "--cache-type", rich_help_panel=MODEL_PANEL, help="KV cache type: f16, q8_0 or q4_0.")], "f16"),
+    "output": (Annotated[str, typer.Option(
+        "-o", "--output", rich_help_panel=OUTPUT_PANEL,
+        help="Write here ('-' = stdout). Files are written whole or not at all.")], "-"),
+    "quiet": (Annotated[bool, typer.Option(
+        "-q", "--quiet", rich_help_panel=OUTPUT_PANEL, help="Only errors on stderr.")], False),
+    "verbose": (Annotated[bool, typer.Option(
+        "-v", "--verbose", rich_help_panel=OUTPUT_PANEL,
+        help="Log to stderr, llama.cpp's own log included.")], False),
+    "no_progress": (Annotated[bool, typer.Option(
+        "--no-progress", rich_help_panel=OUTPUT_PANEL, help="No progress bar (there is none unless stderr is a TTY).")],
+        False),
+    "traceback": (Annotated[bool, typer.Option(
+        "--traceback", rich_help_panel=OUTPUT_PANEL,
+        help="Show a traceback on errors. (or GEMMAPIPE_TRACEBACK=1)")], False),
+}
+assert set(_SPEC) == {f.name for f in fields(Common)}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def with_common(func: F) -> F:
+    """Append the shared options to `func`'s signature; `func` receives them as `common: Common`."""
+    sig = inspect.signature(func)
+    own = [p for name, p in sig.parameters.items() if name != "common"]
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+             for name, (annotation, default) in _SPEC.items()]
+
+    @functools.wraps(func)
+    def wrapper(**kwargs: Any) -> Any:
+        common = Common(**{name: kwargs.pop(name) for name in _SPEC})
+        try:
+            return func(common=common, **kwargs)
+        except BrokenPipeError:
+            # `gemmapipe ... | head -1`: the reader left; stop quietly, as a filter killed by SIGPIPE.
+            from .app import quiet_broken_pipe
+
+            quiet_broken_pipe()
+            raise typer.Exit(141) from None
+
+    own_hints = {k: v for k, v in func.__annotations__.items() if k != "common"}
+    wrapper.__signature__ = sig.replace(parameters=own + extra)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {**own_hints, **{name: ann for name, (ann, _) in _SPEC.items()}}
+    return wrapper  # type: ignore[return-value]
+
+
+def input_args(help_text: str) -> Any:
+    return typer.Argument(help=help_text, show_default=False, metavar="INPUT...")
+
+
+DRY_RUN = typer.Option("--dry-run", help="Print the plan (tokens, frames, memory) as JSON and load no model.")
+OUTPUT_DIR = typer.Option("--output-dir", rich_help_panel=OUTPUT_PANEL, show_default=False,
+                          help="Write <stem>.<ext> per input into this directory.")
+FAIL_FAST = typer.Option("--fail-fast", help="Stop at the first input that fails.")

@@ -1,0 +1,129 @@
+"""gemmapipe transcribe INPUT...: speech to text."""
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .options import DRY_RUN, FAIL_FAST, OUTPUT_DIR, OUTPUT_PANEL, Common, input_args, with_common
+from .runner import Runner, ensure_output_dir, output_path_for
+
+FORMATS = ["txt", "srt", "vtt", "json", "jsonl", "tsv"]
+
+
+def dry_run_plans(inputs: list[str], runner: Runner, **plan_kw: Any) -> int:
+    """Print the plan of each input as JSON (one object per line for several) and load no model."""
+    import json
+    import sys
+
+    from gemmapipe.core.media.source import open_input
+    from gemmapipe.core.plan import plan_input
+
+    def one(spec: str) -> None:
+        with open_input(spec) as src:
+            plan = plan_input(src, **plan_kw)
+        sys.stdout.write(json.dumps(plan, ensure_ascii=False) + "\n")
+
+    return runner.each_input(inputs, one)
+
+
+def run_segments(inputs: list[str], *, runner: Runner, fmt: str | None, output_dir: Path | None,
+                 fail_fast: bool, task: Callable[..., Any], meta: dict[str, Any]) -> int:
+    """Shared by transcribe and diarize: one writer per stream (or per file with --output-dir)."""
+    from gemmapipe.core.media.source import open_input
+    from gemmapipe.core.sink import open_sink
+    from gemmapipe.core.writers import get_writer
+
+    common = runner.common
+    several = len(inputs) > 1
+    fmt = fmt or ("jsonl" if several and output_dir is None else "txt")
+
+    def process(spec: str, writer: Any) -> None:
+        with open_input(spec) as src:
+            info: dict[str, Any] = dict(meta)
+            writer.begin(src.name, info)
+            with runner.progress(src.name, None) as advance:
+                result = task(src, on_segment=writer.segment, on_progress=lambda s: advance(s / 16000))
+            info.update(result.meta)
+            info.update(runner_meta(runner))
+            writer.end(src.name, info)
+
+    try:
+        if output_dir is not None:
+            ensure_output_dir(output_dir)
+
+            def to_file(spec: str) -> None:
+                with open_sink(output_path_for(output_dir, spec, fmt)) as out:
+                    writer = get_writer(fmt, out)
+                    process(spec, writer)
+                    writer.close()
+
+            return runner.each_input(inputs, to_file, fail_fast=fail_fast)
+        with open_sink(common.output) as out:
+            writer = get_writer(fmt, out, with_file=several)
+            try:
+                return runner.each_input(inputs, lambda spec: process(spec, writer), fail_fast=fail_fast)
+            finally:
+                writer.close()
+    finally:
+        runner.close()
+
+
+def runner_meta(runner: Runner) -> dict[str, Any]:
+    """Model file, sha256 prefix and parameters for json output (only once a model was loaded)."""
+    engine = runner._engine
+    if engine is None:
+        return {}
+    from gemmapipe.core.model import file_sha256
+
+    desc = dict(engine.describe())
+    model = Path(desc["model"])
+    desc["model_sha256"] = file_sha256(model)[:16]
+    c = runner.common
+    desc["parameters"] = {"temperature": c.temperature, "seed": c.seed, "max_tokens": c.max_tokens}
+    return {"model": desc}
+
+
+@with_common
+def command(
+    inputs: Annotated[list[str], input_args("Audio or video files, or - for stdin.")],
+    fmt: Annotated[str | None, typer.Option("-f", "--format", rich_help_panel=OUTPUT_PANEL,
+                                            help=f"Output format: {', '.join(FORMATS)} (default: txt; jsonl for "
+                                                 "several inputs to one stream).", show_default=False)] = None,
+    language: Annotated[str | None, typer.Option("-l", "--language", show_default=False,
+                                                 help="Spoken language, e.g. English (default: detect).")] = None,
+    prompt: Annotated[str | None, typer.Option("--prompt", show_default=False,
+                                               help="Context or vocabulary to help the model.")] = None,
+    start: Annotated[str | None, typer.Option("--start", show_default=False, help="Start at this time (90, 1:30).")]
+    = None,
+    end: Annotated[str | None, typer.Option("--end", show_default=False, help="Stop at this time.")] = None,
+    output_dir: Annotated[Path | None, OUTPUT_DIR] = None,
+    dry_run: Annotated[bool, DRY_RUN] = False,
+    fail_fast: Annotated[bool, FAIL_FAST] = False,
+    *,
+    common: Common,
+) -> int:
+    from gemmapipe.core.errors import UsageError
+    from gemmapipe.core.timefmt import parse_time_ms
+
+    if fmt is not None and fmt not in FORMATS:
+        raise UsageError("--format", f"unknown format {fmt!r}", f"choose one of {', '.join(FORMATS)}")
+    start_ms, end_ms = parse_time_ms(start, what="--start"), parse_time_ms(end, what="--end")
+    runner = Runner(common, needs={"audio"}, command="transcribe")
+    if dry_run:
+        return dry_run_plans(inputs, runner, want_audio=True, want_frames=False, start_ms=start_ms, end_ms=end_ms)
+
+    from gemmapipe.core.tasks.transcribe import TranscribeOptions, n_ctx_for, transcribe
+
+    options = TranscribeOptions(language=language, prompt=prompt, start_ms=start_ms, end_ms=end_ms,
+                                generate=runner.generate_options(320))
+    engine_for = lambda: runner.engine(n_ctx=n_ctx_for(options))  # noqa: E731
+    templated = lambda engine: bool(getattr(engine, "template", None))  # noqa: E731
+
+    def task(src: Any, **kw: Any) -> Any:
+        return transcribe(src, engine_for, options, templated=templated, **kw)
+
+    meta = {"task": "transcribe", "language": language}
+    return run_segments(inputs, runner=runner, fmt=fmt, output_dir=output_dir, fail_fast=fail_fast,
+                        task=task, meta=meta)

@@ -1,0 +1,84 @@
+"""gemmapipe video INPUT: frames at 1 FPS plus the audio track, in one model call."""
+
+
+from typing import Annotated
+
+import typer
+
+from .options import DRY_RUN, OUTPUT_PANEL, Common, with_common
+from .runner import Runner
+
+FORMATS = ["txt", "md", "json"]
+
+
+@with_common
+def command(
+    input: Annotated[str, typer.Argument(help="A video file, or - for stdin.", show_default=False)],
+    prompt: Annotated[str | None, typer.Option("-p", "--prompt", show_default=False,
+                                               help="What to ask about the video.")] = None,
+    fps: Annotated[float, typer.Option("--fps", min=0.05, max=10.0, help="Frames per second to show the model.")]
+    = 1.0,
+    frame_tokens: Annotated[int, typer.Option("--frame-tokens", min=70, max=1120, help="Token budget per frame.")]
+    = 70,
+    start: Annotated[str | None, typer.Option("--start", show_default=False, help="Start at this time.")] = None,
+    end: Annotated[str | None, typer.Option("--end", show_default=False, help="Stop at this time.")] = None,
+    max_frames: Annotated[int | None, typer.Option("--max-frames", min=1, show_default=False,
+                                                   help="At most this many frames.")] = None,
+    no_audio: Annotated[bool, typer.Option("--no-audio", help="Frames only.")] = False,
+    no_dedupe: Annotated[bool, typer.Option("--no-dedupe", help="Keep repeated frames and silent seconds.")]
+    = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not reuse or save the prefilled state.")] = False,
+    fmt: Annotated[str, typer.Option("-f", "--format", rich_help_panel=OUTPUT_PANEL,
+                                     help="Output format: txt, md, json.")] = "txt",
+    dry_run: Annotated[bool, DRY_RUN] = False,
+    *,
+    common: Common,
+) -> int:
+    from gemmapipe.core.errors import UsageError
+    from gemmapipe.core.timefmt import parse_time_ms
+
+    if fmt not in FORMATS:
+        raise UsageError("--format", f"unknown format {fmt!r}", f"choose one of {', '.join(FORMATS)}")
+    start_ms, end_ms = parse_time_ms(start, what="--start"), parse_time_ms(end, what="--end")
+    needs = {"vision"} if no_audio else {"vision", "audio"}
+    runner = Runner(common, needs=needs, command="video")
+    if dry_run:
+        from .transcribe import dry_run_plans
+
+        return dry_run_plans([input], runner, want_audio=not no_audio, want_frames=True, fps=fps,
+                             frame_tokens=frame_tokens, start_ms=start_ms, end_ms=end_ms, max_frames=max_frames)
+
+    from gemmapipe.core.config import xdg_dir
+    from gemmapipe.core.media.source import open_input
+    from gemmapipe.core.sink import open_sink
+    from gemmapipe.core.tasks.video import DEFAULT_PROMPT, VideoOptions, video
+    from gemmapipe.core.writers import get_description_writer
+
+    options = VideoOptions(prompt=prompt or DEFAULT_PROMPT, fps=fps, frame_tokens=frame_tokens, start_ms=start_ms,
+                           end_ms=end_ms, max_frames=max_frames, audio=not no_audio, dedupe=not no_dedupe,
+                           cache_dir=None if no_cache else xdg_dir("cache") / "states",
+                           generate=runner.generate_options(768))
+    n_ctx = common.ctx_size or 16384
+
+    def engine_for(ctx: int) -> object:
+        return runner.engine(n_ctx=ctx, image_tokens=(frame_tokens, frame_tokens))
+
+    try:
+        with open_input(input) as src:
+            if src.kind != "video":
+                from gemmapipe.core.errors import BadInput
+
+                hint = "use `gemmapipe describe`" if src.kind == "image" else "use `gemmapipe transcribe`"
+                raise BadInput(src.name, f"is {src.kind}, not a video", hint)
+            with runner.progress(src.name, 1.0) as advance:
+                result = video(src, engine_for, options, n_ctx, on_progress=advance)  # type: ignore[arg-type]
+        runner.info(f"{result.meta.get('tokens_saved', 0)} tokens saved by skipping repeated frames and silence")
+        with open_sink(common.output) as out:
+            writer = get_description_writer(fmt, out)
+            writer.write(result)
+            writer.close()
+        return 0
+    finally:
+        runner.close()
+
+

@@ -1,0 +1,1 @@
+"""Engines turn an ordered list of parts (text, image, audio) into a stream of text."""

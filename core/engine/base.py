@@ -1,0 +1,84 @@
+"""The engine interface tasks program against; local (llama.cpp) and fake engines implement it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from .parts import Message
+
+
+@dataclass
+class EngineConfig:
+    """How to load and run the model; built from CLI options or by a Python caller."""
+
+    model: Path
+    mmproj: Path | None = None
+    threads: int | None = None  # None: physical cores, as llama.cpp's own default
+    gpu_layers: int = -1  # -1: all layers when the build supports offload
+    ctx_size: int | None = None  # None: sized to the job by the caller
+    image_min_tokens: int | None = None
+    image_max_tokens: int | None = None
+    flash_attn: str = "auto"  # auto | on | off
+    cache_type: str = "f16"  # KV cache type: f16 | q8_0 | q4_0
+    no_template: bool = False
+    swa_full: bool = False
+    verbose: bool = False
+
+
+@dataclass
+class GenerateOptions:
+    max_tokens: int = 512
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 64
+    top_p: float = 0.95
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    seed: int | None = None
+    grammar: str | None = None  # GBNF; see core.engine.grammar.schema_to_grammar
+    think: bool = False
+    on_thought: Callable[[str], None] | None = None  # thinking text goes here, never to the answer
+    add_generation_prompt: bool = True
+
+
+@dataclass
+class EngineStats:
+    """Counters for the last request, and totals, so callers and tests can see what was reused."""
+
+    prompt_tokens: int = 0  # tokens of the whole prompt of the last request
+    prompt_evaluated: int = 0  # of those, how many were evaluated (the rest came from the KV cache)
+    generated: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    total_prompt_evaluated: int = 0
+    total_generated: int = 0
+    stop_reason: str = ""  # "eog" | "length" | "grammar"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class TokenCount:
+    total: int
+    per_chunk: list[tuple[str, int]] = field(default_factory=list)  # (kind, tokens) in prompt order
+
+
+class Engine(Protocol):
+    stats: EngineStats
+    n_ctx: int
+
+    def generate(self, messages: list[Message], options: GenerateOptions) -> Iterator[str]:
+        """Yield the visible answer text as it is generated (thinking stripped)."""
+        ...
+
+    def count_tokens(self, messages: list[Message], options: GenerateOptions) -> TokenCount: ...
+
+    def describe(self) -> dict[str, Any]:
+        """Model facts for result metadata (file names, sha256 prefix, parameters)."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,580 @@
+"""The local engine: llama.cpp's C API and libmtmd through llama-cpp-python's ctypes bindings.
+
+We drive the low-level API ourselves rather than `llama_cpp.Llama` + its chat handlers because
+those refuse audio-only projectors, never set image token limits, clear the KV cache every turn,
+do not strip thinking, and sample in Python (measured 1.5x slower per token here).
+
+One request = render the conversation with the GGUF's chat template (media as mtmd markers),
+`mtmd_tokenize` it into chunks, keep the longest prefix of chunks already in the KV cache,
+evaluate the rest, then sample with llama.cpp's own sampler chain.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import hashlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ContextOverflow, GemmapipeError, ModelError
+from ..model import AUDIO, VISION, ModelPair
+from .base import EngineConfig, EngineStats, GenerateOptions, TokenCount
+from .parts import Audio, Image, Message, Text
+from .template import render_prompt
+
+if TYPE_CHECKING:
+    import numpy as np
+
+CHUNK_TEXT, CHUNK_IMAGE, CHUNK_AUDIO = 0, 1, 2
+_KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2, "f32": 0}
+_FLASH = {"auto": -1, "off": 0, "on": 1}
+# End-of-turn tokens of the Gemma 4 format; used only when the GGUF's vocabulary has them.
+_STOP_TEXTS = ("<turn|>", "<|tool_response>", "<eos>")
+_THOUGHT_OPEN, _THOUGHT_CLOSE = "<|channel>", "<channel|>"
+
+_log_callbacks: list[Any] = []  # keep ctypes callbacks alive for the life of the process
+
+
+def _install_logging(verbose: bool) -> None:
+    """Route llama.cpp and mtmd logs to stderr when verbose, else drop them."""
+    import llama_cpp
+    from llama_cpp import mtmd_cpp
+
+    @llama_cpp.llama_log_callback  # type: ignore[misc]
+    def _log(level: int, text: bytes | None, user_data: Any) -> None:
+        if verbose and text:
+            sys.stderr.write(text.decode("utf-8", "replace"))
+
+    _log_callbacks.append(_log)
+    llama_cpp.llama_log_set(_log, ctypes.c_void_p(0))
+    mtmd_cpp.mtmd_helper_log_set(_log, ctypes.c_void_p(0))
+
+
+def default_threads() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        n = os.cpu_count() or 4
+    return max(1, min(n, 16))
+
+
+@dataclass
+class _Prepared:
+    chunks: Any  # mtmd_input_chunks_p
+    sigs: list[tuple[Any, ...]]  # one signature per chunk, to find the cached prefix
+    kinds: list[str]
+    n_tokens: list[int]
+    bitmaps: list[Any]
+
+    @property
+    def total(self) -> int:
+        return sum(self.n_tokens)
+
+
+class LocalEngine:
+    """Owns one llama model + context and one mtmd context. Not thread-safe."""
+
+    def __init__(self, config: EngineConfig, pair: ModelPair, *, n_ctx: int, max_image_tokens: int = 0) -> None:
+        import llama_cpp
+        from llama_cpp import mtmd_cpp
+
+        self._L = llama_cpp
+        self._M = mtmd_cpp
+        self.config = config
+        self.pair = pair
+        self.stats = EngineStats()
+        _install_logging(config.verbose)
+        llama_cpp.llama_backend_init()
+
+        mparams = llama_cpp.llama_model_default_params()
+        offload = llama_cpp.llama_supports_gpu_offload()
+        mparams.n_gpu_layers = (999 if config.gpu_layers < 0 else config.gpu_layers) if offload else 0
+        self._model = llama_cpp.llama_model_load_from_file(str(config.model).encode(), mparams)
+        if not self._model:
+            raise ModelError(f"model {config.model}", "llama.cpp could not load it (unsupported architecture or corrupt)",
+                             "run with -v to see llama.cpp's log")
+        self._ctx: Any = None
+        self._mtmd: Any = None
+        self._sampler_batch: Any = None
+        try:
+            self._setup(config, pair, n_ctx, max_image_tokens)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, config: EngineConfig, pair: ModelPair, n_ctx: int, max_image_tokens: int) -> None:
+        L, M = self._L, self._M
+        self._vocab = L.llama_model_get_vocab(self._model)
+        self.n_vocab = L.llama_vocab_n_tokens(self._vocab)
+        n_ctx_train = L.llama_model_n_ctx_train(self._model)
+        self.n_ctx = max(256, min(n_ctx, n_ctx_train) if n_ctx_train > 0 else n_ctx)
+        # Image tokens are decoded non-causally: a whole image must fit in one ubatch or llama.cpp aborts.
+        self.n_batch = max(512, max_image_tokens)
+        self.threads = config.threads or default_threads()
+
+        cparams = L.llama_context_default_params()
+        cparams.n_ctx = self.n_ctx
+        cparams.n_batch = self.n_batch
+        cparams.n_ubatch = self.n_batch
+        cparams.n_seq_max = 1
+        cparams.n_threads = self.threads
+        cparams.n_threads_batch = self.threads
+        cparams.flash_attn_type = _FLASH.get(config.flash_attn, -1)
+        cparams.type_k = cparams.type_v = _KV_TYPES.get(config.cache_type, 1)
+        cparams.swa_full = config.swa_full
+        cparams.no_perf = True
+        self._ctx = L.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            raise GemmapipeError("context", f"llama.cpp could not create a {self.n_ctx}-token context",
+                                 "lower --ctx-size or use a smaller --cache-type")
+        self._mem = L.llama_get_memory(self._ctx)
+        self.n_swa = L.llama_model_n_swa(self._model)
+
+        if pair.mmproj is not None:
+            mp = M.mtmd_context_params_default()
+            mp.use_gpu = bool(L.llama_supports_gpu_offload()) and config.gpu_layers != 0
+            mp.n_threads = self.threads
+            mp.print_timings = config.verbose
+            mp.warmup = False
+            if config.image_min_tokens:
+                mp.image_min_tokens = config.image_min_tokens
+            if config.image_max_tokens:
+                mp.image_max_tokens = config.image_max_tokens
+            self._mtmd = M.mtmd_init_from_file(str(pair.mmproj.path).encode(), self._model, mp)
+            if not self._mtmd:
+                raise ModelError(f"projector {pair.mmproj.path}", "libmtmd could not load it for this model",
+                                 "run with -v to see why; the mmproj must come from the same model")
+            self.marker = (M.mtmd_default_marker() or b"<__media__>").decode()
+            self.supports = {VISION: bool(M.mtmd_support_vision(self._mtmd)),
+                             AUDIO: bool(M.mtmd_support_audio(self._mtmd))}
+        else:
+            self.marker = "<__media__>"
+            self.supports = {VISION: False, AUDIO: False}
+
+        self.template = None if config.no_template else pair.model.get("tokenizer.chat_template")
+        self.bos_text = self._token_text(L.llama_vocab_bos(self._vocab))
+        self.add_bos = bool(L.llama_vocab_get_add_bos(self._vocab))
+        self._stop_ids = {t for t in (self._single_token(s) for s in _STOP_TEXTS) if t is not None}
+        self._thought_open = self._single_token(_THOUGHT_OPEN)
+        self._thought_close = self._single_token(_THOUGHT_CLOSE)
+        suppress = pair.model.get("tokenizer.ggml.suppress_tokens") or []
+        self._suppress = [int(t) for t in suppress if 0 <= int(t) < self.n_vocab]
+        self._cached: list[tuple[Any, ...]] = []  # signatures of what sits in the KV cache, in order
+        self._n_past = 0
+        self._batch = L.llama_batch_init(self.n_batch, 0, 1)
+
+    # --- vocabulary helpers -------------------------------------------------------------------
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        raw = self._L.llama_vocab_get_text(self._vocab, token)
+        return raw.decode("utf-8", "replace") if raw else ""
+
+    def _single_token(self, text: str) -> int | None:
+        ids = self.tokenize(text, add_special=False, parse_special=True)
+        if len(ids) == 1 and self._token_text(ids[0]) == text:
+            return ids[0]
+        return None
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        data = text.encode()
+        n_max = len(data) + 16
+        buf = (self._L.llama_token * n_max)()
+        n = self._L.llama_tokenize(self._vocab, data, len(data), buf, n_max, add_special, parse_special)
+        if n < 0:
+            buf = (self._L.llama_token * -n)()
+            n = self._L.llama_tokenize(self._vocab, data, len(data), buf, -n, add_special, parse_special)
+        return list(buf[:n])
+
+    def _piece(self, token: int, special: bool = False) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = self._L.llama_token_to_piece(self._vocab, token, buf, 64, 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._L.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
+        return buf.raw[:n]
+
+    # --- prompt preparation -------------------------------------------------------------------
+    def _render(self, messages: list[Message], options: GenerateOptions) -> tuple[str, list[Image | Audio]]:
+        media: list[Image | Audio] = []
+        for msg in messages:
+            for part in msg.parts:
+                if isinstance(part, Image):
+                    if not self.supports[VISION]:
+                        raise ModelError("projector", "this model has no vision encoder", "use a vision mmproj")
+                    media.append(part)
+                elif isinstance(part, Audio):
+                    if not self.supports[AUDIO]:
+                        raise ModelError("projector", "this model has no audio encoder", "use an audio mmproj")
+                    media.append(part)
+        text = render_prompt(messages, template=self.template, marker=self.marker, bos_text=self.bos_text,
+                             add_generation_prompt=options.add_generation_prompt, enable_thinking=options.think)
+        return text, media
+
+    def _bitmap(self, part: Image | Audio) -> Any:
+        import numpy as np
+
+        M = self._M
+        if isinstance(part, Image):
+            px = np.ascontiguousarray(part.pixels, dtype=np.uint8)
+            if px.ndim != 3 or px.shape[2] != 3:
+                raise GemmapipeError("image", f"expected HxWx3 RGB pixels, got shape {px.shape}")
+            h, w = px.shape[:2]
+            bmp = M.mtmd_bitmap_init(w, h, px.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)))
+        else:
+            samples = np.ascontiguousarray(part.samples, dtype=np.float32)
+            bmp = M.mtmd_bitmap_init_from_audio(len(samples), samples.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
+            px = samples
+        if not bmp:
+            raise GemmapipeError("media", "libmtmd could not create a bitmap")
+        # The id is what mtmd reports back per chunk: a content hash lets us match cached media.
+        M.mtmd_bitmap_set_id(bmp, _content_id(px).encode())
+        return bmp
+
+    def _prepare(self, messages: list[Message], options: GenerateOptions) -> _Prepared:
+        L, M = self._L, self._M
+        text, media = self._render(messages, options)
+        if self._mtmd is None:
+            tokens = self.tokenize(text, add_special=self.add_bos, parse_special=True)
+            return _Prepared(None, [("text", *tokens)] if tokens else [], ["text"], [len(tokens)], [])
+        bitmaps = [self._bitmap(p) for p in media]
+        chunks = M.mtmd_input_chunks_init()
+        inp = M.mtmd_input_text()
+        data = text.encode()
+        inp.text = data
+        inp.text_len = len(data)
+        inp.add_special = self.add_bos
+        inp.parse_special = True
+        arr = (M.mtmd_bitmap_p_ctypes * max(1, len(bitmaps)))(*bitmaps)
+        rc = M.mtmd_tokenize(self._mtmd, chunks, ctypes.byref(inp), arr, len(bitmaps))
+        if rc != 0:
+            self._free_bitmaps(bitmaps)
+            M.mtmd_input_chunks_free(chunks)
+            why = {1: "the number of media markers and media differ", 2: "media preprocessing failed"}
+            raise GemmapipeError("prompt", f"mtmd_tokenize failed: {why.get(rc, f'code {rc}')}")
+        sigs: list[tuple[Any, ...]] = []
+        kinds: list[str] = []
+        counts: list[int] = []
+        for i in range(M.mtmd_input_chunks_size(chunks)):
+            chunk = M.mtmd_input_chunks_get(chunks, i)
+            kind = M.mtmd_input_chunk_get_type(chunk)
+            n = M.mtmd_input_chunk_get_n_tokens(chunk)
+            if kind == CHUNK_TEXT:
+                n_tok = ctypes.c_size_t(0)
+                ptr = M.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n_tok))
+                sigs.append(("text", *ptr[: n_tok.value]))
+                kinds.append("text")
+            else:
+                cid = M.mtmd_input_chunk_get_id(chunk) or b""
+                sigs.append(("media", kind, cid, n))
+                kinds.append("image" if kind == CHUNK_IMAGE else "audio")
+            counts.append(int(n))
+        del L
+        return _Prepared(chunks, sigs, kinds, counts, bitmaps)
+
+    def _free_bitmaps(self, bitmaps: list[Any]) -> None:
+        for b in bitmaps:
+            self._M.mtmd_bitmap_free(b)
+
+    def _release(self, prep: _Prepared) -> None:
+        self._free_bitmaps(prep.bitmaps)
+        if prep.chunks is not None:
+            self._M.mtmd_input_chunks_free(prep.chunks)
+
+    def count_tokens(self, messages: list[Message], options: GenerateOptions) -> TokenCount:
+        prep = self._prepare(messages, options)
+        try:
+            return TokenCount(prep.total, list(zip(prep.kinds, prep.n_tokens, strict=True)))
+        finally:
+            self._release(prep)
+
+    # --- evaluation -----------------------------------------------------------------------------
+    def _reuse_prefix(self, sigs: list[tuple[Any, ...]]) -> int:
+        """How many tokens at the start of the prompt are already in the KV cache."""
+        n_tokens = 0
+        for old, new in zip(self._cached, sigs, strict=False):
+            if old == new:
+                n_tokens += _sig_tokens(new)
+                continue
+            if old[0] == "text" and new[0] == "text":  # a text chunk may share a token prefix
+                common = 0
+                for a, b in zip(old[1:], new[1:], strict=False):
+                    if a != b:
+                        break
+                    common += 1
+                return n_tokens + common
+            break
+        return n_tokens
+
+    def _trim_cache(self, keep: int) -> int:
+        """Drop KV entries from position `keep` on; return how many positions truly remain."""
+        L = self._L
+        if keep >= self._n_past:
+            return self._n_past
+        ok = L.llama_memory_seq_rm(self._mem, 0, keep, -1)
+        # A sliding-window cache may already have dropped positions the new tail would attend to.
+        pos_min = L.llama_memory_seq_pos_min(self._mem, 0)
+        window_ok = self.n_swa <= 0 or pos_min <= max(0, keep - self.n_swa)
+        if not ok or (keep > 0 and not window_ok):
+            L.llama_memory_clear(self._mem, True)
+            self._cached, self._n_past = [], 0
+            return 0
+        self._n_past = keep
+        return keep
+
+    def _decode_tokens(self, tokens: list[int], pos: int, logits_last: bool) -> int:
+        L = self._L
+        batch = self._batch
+        for start in range(0, len(tokens), self.n_batch):
+            part = tokens[start : start + self.n_batch]
+            batch.n_tokens = len(part)
+            for i, tok in enumerate(part):
+                batch.token[i] = tok
+                batch.pos[i] = pos + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = False
+            last = start + len(part) >= len(tokens)
+            batch.logits[len(part) - 1] = bool(logits_last and last)
+            rc = L.llama_decode(self._ctx, batch)
+            if rc != 0:
+                raise GemmapipeError("decode", f"llama_decode failed (code {rc})",
+                                     "the context may be full: raise --ctx-size")
+            pos += len(part)
+        return pos
+
+    def _evaluate(self, prep: _Prepared) -> None:
+        M = self._M
+        keep_tokens = self._reuse_prefix(prep.sigs)
+        if keep_tokens >= prep.total:  # identical prompt: re-evaluate the last token for logits
+            keep_tokens = prep.total - 1
+        keep_tokens = _media_boundary(prep, keep_tokens)
+        actual = self._trim_cache(keep_tokens)
+        if actual != keep_tokens:
+            keep_tokens = 0
+        n_past = keep_tokens
+        evaluated = 0
+        pos_in_chunks = 0
+        for i, sig in enumerate(prep.sigs):
+            n = prep.n_tokens[i]
+            chunk_start = pos_in_chunks
+            pos_in_chunks += n
+            if pos_in_chunks <= keep_tokens:
+                continue
+            last = i == len(prep.sigs) - 1
+            if sig[0] == "text":
+                skip = max(0, keep_tokens - chunk_start)
+                toks = list(sig[1 + skip :])
+                n_past = self._decode_tokens(toks, n_past, logits_last=last)
+                evaluated += len(toks)
+            else:
+                new_n_past = self._L.llama_pos(0)
+                chunk = M.mtmd_input_chunks_get(prep.chunks, i)
+                rc = M.mtmd_helper_eval_chunk_single(self._mtmd, self._ctx, chunk, n_past, 0, self.n_batch, last,
+                                                     ctypes.byref(new_n_past))
+                if rc != 0:
+                    raise GemmapipeError("media", f"evaluating a {prep.kinds[i]} chunk failed (code {rc})")
+                n_past = new_n_past.value
+                evaluated += n
+        self._n_past = n_past
+        self._cached = list(prep.sigs)
+        self.stats.prompt_tokens = prep.total
+        self.stats.prompt_evaluated = evaluated
+        self.stats.total_prompt_evaluated += evaluated
+
+    # --- sampling -------------------------------------------------------------------------------
+    def _sampler(self, options: GenerateOptions) -> Any:
+        L = self._L
+        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        if options.grammar:
+            g = L.llama_sampler_init_grammar(self._vocab, options.grammar.encode(), b"root")
+            if not g:
+                L.llama_sampler_free(chain)
+                raise GemmapipeError("schema", "llama.cpp rejected the grammar built from it")
+            L.llama_sampler_chain_add(chain, g)
+        if self._suppress:
+            biases = (L.llama_logit_bias * len(self._suppress))()
+            for i, tok in enumerate(self._suppress):
+                biases[i].token = tok
+                biases[i].bias = float("-inf")
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_logit_bias(self.n_vocab, len(self._suppress), biases))
+        if options.repeat_penalty != 1.0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_penalties(options.repeat_last_n,
+                                                                             options.repeat_penalty, 0.0, 0.0))
+        if options.temperature <= 0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
+        else:
+            if options.top_k > 0:
+                L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_k(options.top_k))
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_p(options.top_p, 1))
+            if options.min_p > 0:
+                L.llama_sampler_chain_add(chain, L.llama_sampler_init_min_p(options.min_p, 1))
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(options.temperature))
+            seed = options.seed if options.seed is not None else 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: random
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return chain
+
+    def generate(self, messages: list[Message], options: GenerateOptions) -> Iterator[str]:
+        prep = self._prepare(messages, options)
+        try:
+            need = prep.total + max(1, options.max_tokens)
+            if need > self.n_ctx:
+                raise ContextOverflow("prompt", need, self.n_ctx)
+            t0 = time.perf_counter()
+            self._evaluate(prep)
+            self.stats.prefill_s = time.perf_counter() - t0
+        finally:
+            self._release(prep)
+        return self._decode_loop(options)
+
+    def _decode_loop(self, options: GenerateOptions) -> Iterator[str]:
+        L = self._L
+        chain = self._sampler(options)
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        thought = codecs.getincrementaldecoder("utf-8")("replace")
+        in_thought = False
+        token_arr = (L.llama_token * 1)()
+        generated: list[int] = []
+        self.stats.generated = 0
+        self.stats.stop_reason = "length"
+        t0 = time.perf_counter()
+        try:
+            for _ in range(options.max_tokens):
+                if self._n_past >= self.n_ctx:
+                    self.stats.stop_reason = "context"
+                    break
+                tok = L.llama_sampler_sample(chain, self._ctx, -1)
+                if L.llama_vocab_is_eog(self._vocab, tok) or tok in self._stop_ids:
+                    self.stats.stop_reason = "eog"
+                    break
+                generated.append(tok)
+                self.stats.generated += 1
+                self.stats.total_generated += 1
+                token_arr[0] = tok
+                self._decode_tokens([tok], self._n_past, logits_last=True)
+                self._n_past += 1
+                self._cached.append(("gen", tok))
+                if tok == self._thought_open:
+                    in_thought = True
+                    continue
+                if tok == self._thought_close:
+                    in_thought = False
+                    continue
+                if in_thought:
+                    text = thought.decode(self._piece(tok))
+                    if text and options.on_thought:
+                        options.on_thought(text)
+                    continue
+                text = decoder.decode(self._piece(tok))
+                if text:
+                    yield text
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                yield tail
+        finally:
+            L.llama_sampler_free(chain)
+            self.stats.decode_s = time.perf_counter() - t0
+            self._merge_generated(generated)
+
+    def _merge_generated(self, generated: list[int]) -> None:
+        """Fold the generated tokens into one cache signature, so a follow-up turn that renders the
+        same answer back as text can reuse it (the template re-tokenizes it as one text run)."""
+        while self._cached and self._cached[-1][0] == "gen":
+            self._cached.pop()
+        if generated:
+            if self._cached and self._cached[-1][0] == "text":
+                self._cached[-1] = (*self._cached[-1], *generated)
+            else:
+                self._cached.append(("text", *generated))
+
+    # --- state ----------------------------------------------------------------------------------
+    def reset(self) -> None:
+        self._L.llama_memory_clear(self._mem, True)
+        self._cached, self._n_past = [], 0
+
+    def save_state(self) -> bytes:
+        """The KV cache of the sequence plus our bookkeeping, for a later process to resume."""
+        import pickle
+
+        L = self._L
+        size = L.llama_state_seq_get_size(self._ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        n = L.llama_state_seq_get_data(self._ctx, buf, size, 0)
+        return pickle.dumps({"kv": bytes(buf[:n]), "cached": self._cached, "n_past": self._n_past})
+
+    def load_state(self, blob: bytes) -> bool:
+        import pickle
+
+        L = self._L
+        try:
+            state = pickle.loads(blob)
+            kv = state["kv"]
+            buf = (ctypes.c_uint8 * len(kv)).from_buffer_copy(kv)
+        except Exception:
+            return False
+        self.reset()
+        if L.llama_state_seq_set_data(self._ctx, buf, len(kv), 0) == 0:
+            self.reset()
+            return False
+        self._cached, self._n_past = state["cached"], int(state["n_past"])
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": str(self.config.model),
+            "mmproj": str(self.pair.mmproj.path) if self.pair.mmproj else None,
+            "architecture": self.pair.model.architecture,
+            "n_ctx": self.n_ctx,
+            "n_batch": self.n_batch,
+            "threads": self.threads,
+        }
+
+    def close(self) -> None:
+        L, M = self._L, self._M
+        if getattr(self, "_batch", None) is not None:
+            L.llama_batch_free(self._batch)
+            self._batch = None
+        if self._mtmd:
+            M.mtmd_free(self._mtmd)
+            self._mtmd = None
+        if self._ctx:
+            L.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            L.llama_model_free(self._model)
+            self._model = None
+
+    def __enter__(self) -> LocalEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _media_boundary(prep: _Prepared, keep: int) -> int:
+    """A media chunk is evaluated whole: never keep a cache cut that falls inside one."""
+    start = 0
+    for kind, n in zip(prep.kinds, prep.n_tokens, strict=True):
+        if start < keep < start + n and kind != "text":
+            return start
+        start += n
+    return keep
+
+
+def _sig_tokens(sig: tuple[Any, ...]) -> int:
+    return int(sig[3]) if sig[0] == "media" else len(sig) - 1
+
+
+def _content_id(arr: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update(str(arr.shape).encode())
+    h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()[:32]
+
+
+__all__ = ["LocalEngine", "Text", "default_threads"]

@@ -1,0 +1,69 @@
+"""Typed errors and the exit status each one maps to (the only place that mapping lives)."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitStatus(IntEnum):
+    OK = 0
+    ERROR = 1  # runtime failure
+    USAGE = 2  # bad flags or arguments
+    BAD_INPUT = 3  # unreadable or undecodable media
+    MODEL = 4  # model or projector missing, not GGUF, corrupt, mismatched, modality missing
+    PARTIAL = 5  # some inputs of a batch failed
+    INTERRUPTED = 130  # Ctrl-C / SIGTERM
+
+
+EXIT_STATUS_HELP: dict[ExitStatus, str] = {
+    ExitStatus.OK: "success",
+    ExitStatus.ERROR: "runtime failure",
+    ExitStatus.USAGE: "usage error (bad option or argument)",
+    ExitStatus.BAD_INPUT: "bad input (unreadable or undecodable media)",
+    ExitStatus.MODEL: "model problem (missing, not GGUF, corrupt, projector mismatch, modality missing)",
+    ExitStatus.PARTIAL: "some inputs of a batch failed",
+    ExitStatus.INTERRUPTED: "interrupted (SIGINT/SIGTERM)",
+}
+
+
+class GemmapipeError(Exception):
+    """An error meant for people: `subject` is what failed, `reason` why, `hint` what to do."""
+
+    exit_status: ExitStatus = ExitStatus.ERROR
+
+    def __init__(self, subject: str, reason: str, hint: str | None = None) -> None:
+        super().__init__(f"{subject}: {reason}")
+        self.subject = subject
+        self.reason = reason
+        self.hint = hint
+
+
+class UsageError(GemmapipeError):
+    exit_status = ExitStatus.USAGE
+
+
+class BadInput(GemmapipeError):
+    exit_status = ExitStatus.BAD_INPUT
+
+
+class ModelError(GemmapipeError):
+    exit_status = ExitStatus.MODEL
+
+
+class ContextOverflow(GemmapipeError):
+    """The request needs more tokens than the context holds; raised before anything is evaluated."""
+
+    exit_status = ExitStatus.ERROR
+
+    def __init__(self, subject: str, needed: int, n_ctx: int, hint: str | None = None) -> None:
+        super().__init__(
+            subject,
+            f"needs {needed} tokens but the context holds {n_ctx}",
+            hint or f"raise --ctx-size to at least {needed}, or shorten the input",
+        )
+        self.needed = needed
+        self.n_ctx = n_ctx
+
+
+class BatchFailed(GemmapipeError):
+    exit_status = ExitStatus.PARTIAL

@@ -1,0 +1,131 @@
+"""Find the model and its projector, and check they fit together before anything is loaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelError
+from .gguf_meta import GGUFInfo, read_gguf
+
+MODEL_HINT = (
+    "pass --model PATH, set GEMMAPIPE_MODEL, or set `model` in the config file; "
+    "get the model from ggml-org/gemma-4-12B-it-GGUF (gemma-4-12B-it-Q4_K_M.gguf + mmproj-gemma-4-12B-it-bf16.gguf)"
+)
+
+VISION = "vision"
+AUDIO = "audio"
+
+
+@dataclass
+class ModelPair:
+    model: GGUFInfo
+    mmproj: GGUFInfo | None
+
+    @property
+    def modalities(self) -> set[str]:
+        if self.mmproj is None:
+            return set()
+        out = set()
+        if self.mmproj.get("clip.has_vision_encoder"):
+            out.add(VISION)
+        if self.mmproj.get("clip.has_audio_encoder"):
+            out.add(AUDIO)
+        return out
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(self.model.get("tokenizer.chat_template"))
+
+
+def find_mmproj(model: Path) -> Path | None:
+    """The single `mmproj*.gguf` beside the model; None when there is none, an error when ambiguous."""
+    candidates = sorted(p for p in model.parent.glob("mmproj*.gguf") if p.is_file())
+    if len(candidates) > 1:
+        names = ", ".join(p.name for p in candidates)
+        raise ModelError(f"projector for {model}", f"several mmproj files beside the model ({names})",
+                         "choose one with --mmproj")
+    return candidates[0] if candidates else None
+
+
+def projector_width(info: GGUFInfo) -> int | None:
+    """Output width of the projector: what llama.cpp compares with the text model's n_embd."""
+    for name in ("mm.input_projection.weight", "mm.a.input_projection.weight"):
+        shape = info.tensor_shapes.get(name)
+        if shape is not None and len(shape) >= 2:
+            return shape[1]
+    for key in ("clip.vision.projection_dim", "clip.audio.projection_dim"):
+        value = info.get(key)
+        if value:
+            return int(value)
+    return None
+
+
+def resolve(model: str | Path | None, mmproj: str | Path | None, *, needs: set[str] | frozenset[str] = frozenset(),
+            load_projector: bool = True) -> ModelPair:
+    """Validate the model (and projector, when one is needed or present) for a command's needs."""
+    if model is None or str(model) == "":
+        raise ModelError("model", "no model given", MODEL_HINT)
+    model_path = Path(model).expanduser()
+    info = read_gguf(model_path, role="model")
+    if info.architecture == "clip":
+        raise ModelError(f"model {model_path}", "this is a projector (mmproj), not a language model",
+                         "pass it with --mmproj and the language model with --model")
+
+    proj_path: Path | None
+    if mmproj is not None and str(mmproj) != "":
+        proj_path = Path(mmproj).expanduser()
+    elif load_projector or needs:
+        proj_path = find_mmproj(model_path)
+    else:
+        proj_path = None
+    if proj_path is None:
+        if needs:
+            raise ModelError(f"model {model_path}", f"no projector found for {' and '.join(sorted(needs))} input",
+                             "pass --mmproj PATH (an mmproj*.gguf beside the model is found automatically)")
+        return ModelPair(info, None)
+
+    proj = read_gguf(proj_path, role="projector")
+    if proj.architecture != "clip":
+        raise ModelError(f"projector {proj_path}", f"architecture is {proj.architecture!r}, not an mmproj (clip)")
+    pair = ModelPair(info, proj)
+    width, n_embd = projector_width(proj), info.n_embd
+    if width is not None and n_embd is not None and width != n_embd:
+        raise ModelError(f"projector {proj_path}",
+                         f"projects to width {width} but the model {model_path.name} has width {n_embd}",
+                         "this mmproj belongs to a different model")
+    missing = set(needs) - pair.modalities
+    if missing:
+        raise ModelError(f"projector {proj_path}", f"has no {' or '.join(sorted(missing))} encoder",
+                         "use the Gemma 4 unified mmproj, which has both")
+    return pair
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a (possibly 7 GB) file, cached by path, size and mtime so it is paid once."""
+    import hashlib
+    import json
+
+    from .config import xdg_dir
+
+    st = path.stat()
+    key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    cache = xdg_dir("cache") / "sha256.json"
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return str(known[key])
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    digest = h.hexdigest()
+    known[key] = digest
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(known))
+    except OSError:
+        pass  # a read-only cache only costs time
+    return digest

@@ -1,0 +1,149 @@
+"""diarize: the model labels the speaker of each speech clip, given an exemplar clip of every
+speaker met so far, so labels stay consistent across a long recording.
+
+Prompt per clip (audio early, exemplars first): "Speaker S1: <audio> Speaker S2: <audio> ... Which
+of these speakers talks in the next clip, or is it a new one? Clip: <audio>", and the answer is
+constrained by a JSON-schema grammar to {"speaker": "S1" | ... | "new", "text": "..."}.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..engine.base import Engine, GenerateOptions
+from ..engine.grammar import schema_to_grammar
+from ..engine.parts import Audio, Message, Part, Text
+from ..errors import UsageError
+from ..results import Segment, Transcript
+from .transcribe import SAMPLE_RATE, cut_repetition
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..media.source import Source
+
+EXEMPLAR_S = 3.0
+
+
+@dataclass
+class DiarizeOptions:
+    min_speakers: int = 1
+    max_speakers: int = 8
+    names: list[str] = field(default_factory=list)
+    language: str | None = None
+    start_ms: int | None = None
+    end_ms: int | None = None
+    max_clip_s: float = 20.0  # leaves room for exemplars within the model's ~30 s comfort zone
+    generate: GenerateOptions = field(default_factory=lambda: GenerateOptions(max_tokens=320))
+
+    def validate(self) -> None:
+        if self.min_speakers < 1 or self.max_speakers < self.min_speakers:
+            raise UsageError("--speakers", f"need 1 <= min ({self.min_speakers}) <= max ({self.max_speakers})")
+
+
+def speaker_schema(known: int, can_add: bool) -> dict[str, Any]:
+    labels = [f"S{i + 1}" for i in range(known)] + (["new"] if can_add or known == 0 else [])
+    return {"type": "object", "properties": {"speaker": {"enum": labels}, "text": {"type": "string"}},
+            "required": ["speaker", "text"], "additionalProperties": False}
+
+
+def clip_prompt(exemplars: list[np.ndarray], clip: np.ndarray, options: DiarizeOptions) -> list[Message]:
+    parts: list[Part] = []
+    for i, ex in enumerate(exemplars):
+        parts += [Text(f"Speaker S{i + 1}: "), Audio(ex), Text("\n")]
+    lang = f" in {options.language}" if options.language else ""
+    if exemplars:
+        ask = ("Which of the speakers above talks in the next clip? Answer \"new\" if it is none of them. "
+               f"Also transcribe the clip{lang}. Reply as JSON: {{\"speaker\": ..., \"text\": ...}}.\nClip: ")
+    else:
+        ask = f"Transcribe the next clip{lang}. Reply as JSON: {{\"speaker\": \"new\", \"text\": ...}}.\nClip: "
+    parts += [Text(ask), Audio(clip)]
+    return [Message("user", parts)]
+
+
+def n_ctx_for(options: DiarizeOptions) -> int:
+    audio = int((options.max_clip_s + options.max_speakers * EXEMPLAR_S) * 25) + 16 * options.max_speakers
+    need = audio + 256 + options.generate.max_tokens
+    return max(2048, 1 << (need - 1).bit_length())
+
+
+def label(index: int, options: DiarizeOptions) -> str:
+    return options.names[index] if index < len(options.names) else f"S{index + 1}"
+
+
+def iter_turns(clips: Iterator[Any], engine_for: Callable[[], Engine], options: DiarizeOptions, *,
+               on_progress: Callable[[int], None] | None = None) -> Iterator[Segment]:
+    exemplars: list[np.ndarray] = []
+    for clip in clips:
+        engine = engine_for()
+        can_add = len(exemplars) < options.max_speakers
+        gen = GenerateOptions(**{**options.generate.__dict__,
+                                 "grammar": schema_to_grammar(speaker_schema(len(exemplars), can_add))})
+        raw = "".join(engine.generate(clip_prompt(exemplars, clip.samples, options), gen))
+        try:
+            answer = json.loads(raw)
+            who, text = str(answer.get("speaker", "new")), str(answer.get("text", ""))
+        except (json.JSONDecodeError, AttributeError):
+            who, text = "new", raw  # only when generation was cut before the JSON closed
+        if who.startswith("S") and who[1:].isdigit() and 0 < int(who[1:]) <= len(exemplars):
+            index = int(who[1:]) - 1
+        elif can_add:
+            exemplars.append(clip.samples[: int(EXEMPLAR_S * SAMPLE_RATE)].copy())
+            index = len(exemplars) - 1
+        else:
+            index = len(exemplars) - 1
+        text, looped = cut_repetition(" ".join(text.split()))
+        if on_progress:
+            on_progress(clip.end)
+        yield Segment(start_ms=clip.start * 1000 // SAMPLE_RATE, end_ms=clip.end * 1000 // SAMPLE_RATE,
+                      text=text, speaker=label(index, options), flags=["repetition"] if looped else [])
+
+
+def diarize(source: Source, engine_for: Callable[[], Engine], options: DiarizeOptions, *,
+            on_segment: Callable[[Segment], None] | None = None,
+            on_progress: Callable[[int], None] | None = None) -> Transcript:
+    from ..media.audio import iter_audio
+    from .segment import segment_speech
+
+    options.validate()
+    t0 = time.perf_counter()
+    clips = segment_speech(iter_audio(source, start_ms=options.start_ms, end_ms=options.end_ms),
+                           max_clip_s=options.max_clip_s)
+    result = Transcript(file=source.name)
+    for seg in iter_turns(clips, engine_for, options, on_progress=on_progress):
+        result.segments.append(seg)
+        if on_segment:
+            on_segment(seg)
+    speakers = sorted({s.speaker for s in result.segments if s.speaker})
+    result.meta["speakers"] = speakers
+    result.meta["timings"] = {"total_s": round(time.perf_counter() - t0, 3)}
+    return result
+
+
+def score_der(reference_rttm: str, segments: list[Segment], uri: str) -> dict[str, float]:
+    """DER against a reference RTTM with pyannote.metrics (the `score` extra)."""
+    try:
+        from pyannote.core import Annotation, Segment as PSegment
+        from pyannote.metrics.diarization import DiarizationErrorRate
+    except ImportError:
+        raise UsageError("--score", "needs pyannote.metrics", "pip install 'gemmapipe[score]'") from None
+    ref = Annotation(uri=uri)
+    try:
+        with open(reference_rttm, encoding="utf-8") as fh:
+            for line in fh:
+                cols = line.split()
+                if len(cols) >= 8 and cols[0] == "SPEAKER":
+                    onset, dur = float(cols[3]), float(cols[4])
+                    ref[PSegment(onset, onset + dur)] = cols[7]
+    except OSError as exc:
+        raise UsageError(f"--score {reference_rttm}", exc.strerror or str(exc)) from None
+    hyp = Annotation(uri=uri)
+    for seg in segments:
+        hyp[PSegment(seg.start_ms / 1000, seg.end_ms / 1000)] = seg.speaker or "S?"
+    metric = DiarizationErrorRate()
+    detail = metric(ref, hyp, detailed=True)
+    return {k: float(v) for k, v in detail.items()}

@@ -1,0 +1,256 @@
+"""video: frames at `fps` and the audio track on one timeline, fed in one call.
+
+What the model sees, per kept second t (absolute time from the file start):
+
+    [mm:ss] <image of the frame shown at t> <audio t .. t+1 s>
+
+then the question. A near-duplicate frame (static slide, still camera) or a silent second is
+dropped, and its tokens counted as saved; the timestamp text stays so times remain citable. When
+the whole does not fit the context, consecutive windows are answered separately (map) and the
+answers, labelled with their absolute time ranges, are combined in a final pass (reduce).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..engine.base import Engine, GenerateOptions
+from ..engine.parts import Audio, Image, Message, Part, Text
+from ..results import Description
+from ..timefmt import clock
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..media.source import Source
+
+SAMPLE_RATE = 16000
+DEFAULT_PROMPT = "Describe what happens in this video, citing times as [mm:ss]."
+TEXT_TOKENS_PER_UNIT = 8  # "[mm:ss] " and separators, measured on Gemma's tokenizer (~6-8)
+DUP_THRESHOLD = 2.0  # mean absolute difference (0-255) under which a frame repeats the last kept one
+SILENCE_RMS = 10 ** (-50 / 20)  # -50 dBFS
+
+
+@dataclass
+class VideoOptions:
+    prompt: str = DEFAULT_PROMPT
+    fps: float = 1.0
+    frame_tokens: int = 70
+    start_ms: int | None = None
+    end_ms: int | None = None
+    max_frames: int | None = None
+    audio: bool = True
+    dedupe: bool = True
+    cache_dir: Path | None = None  # None: no prefill cache
+    generate: GenerateOptions = field(default_factory=lambda: GenerateOptions(max_tokens=768))
+
+
+@dataclass
+class Unit:
+    t_ms: int
+    frame: np.ndarray | None
+    audio: np.ndarray | None
+
+
+@dataclass
+class Timeline:
+    units: list[Unit]
+    frames_total: int = 0
+    frames_dropped: int = 0
+    audio_seconds_total: int = 0
+    audio_seconds_silent: int = 0
+
+    def tokens(self, frame_tokens: int) -> int:
+        n = 0
+        for u in self.units:
+            n += TEXT_TOKENS_PER_UNIT + (frame_tokens if u.frame is not None else 0)
+            n += (u.audio.size + 639) // 640 if u.audio is not None else 0
+        return n
+
+    def saved_tokens(self, frame_tokens: int) -> int:
+        return self.frames_dropped * frame_tokens + self.audio_seconds_silent * 25
+
+
+def build_timeline(source: Source, options: VideoOptions) -> Timeline:
+    import numpy as np
+
+    from ..media.audio import iter_audio
+    from ..media.frames import iter_frames
+
+    units: dict[int, Unit] = {}
+    tl = Timeline(units=[])
+    last: np.ndarray | None = None
+    for fr in iter_frames(source, fps=options.fps, max_tokens=options.frame_tokens, start_ms=options.start_ms,
+                          end_ms=options.end_ms, max_frames=options.max_frames):
+        tl.frames_total += 1
+        keep = True
+        if options.dedupe and last is not None and last.shape == fr.pixels.shape:
+            diff = np.abs(fr.pixels.astype(np.int16) - last.astype(np.int16)).mean()
+            keep = diff >= DUP_THRESHOLD
+        if keep:
+            last = fr.pixels
+        else:
+            tl.frames_dropped += 1
+        units[fr.t_ms] = Unit(fr.t_ms, fr.pixels if keep else None, None)
+    if options.audio and units:
+        step = int(round(1000 / options.fps))
+        times = sorted(units)
+        limit = times[-1] + step
+        buf = np.zeros(0, dtype=np.float32)
+        offset = None
+        try:
+            blocks = iter_audio(source, start_ms=options.start_ms, end_ms=min(limit, options.end_ms or limit))
+            for block in blocks:
+                if offset is None:
+                    offset = block.offset
+                buf = np.concatenate([buf, block.samples])
+        except Exception as exc:  # no audio stream: video still works from frames alone
+            from ..errors import BadInput
+
+            if not isinstance(exc, BadInput):
+                raise
+            offset = None
+        if offset is not None:
+            for t in times:
+                a = (t * SAMPLE_RATE) // 1000 - offset
+                b = ((t + step) * SAMPLE_RATE) // 1000 - offset
+                piece = buf[max(0, a):max(0, b)]
+                if piece.size == 0:
+                    continue
+                tl.audio_seconds_total += 1
+                rms = float(np.sqrt(np.mean(piece.astype(np.float64) ** 2)))
+                if options.dedupe and rms < SILENCE_RMS:
+                    tl.audio_seconds_silent += 1
+                    continue
+                units[t].audio = np.ascontiguousarray(piece)
+    tl.units = [units[t] for t in sorted(units)]
+    return tl
+
+
+def unit_parts(units: list[Unit]) -> list[Part]:
+    parts: list[Part] = []
+    for u in units:
+        parts.append(Text(f"[{clock(u.t_ms)}] "))
+        if u.frame is not None:
+            parts.append(Image(u.frame))
+        if u.audio is not None:
+            parts.append(Audio(u.audio))
+        parts.append(Text("\n"))
+    return parts
+
+
+def split_windows(units: list[Unit], budget: int, frame_tokens: int) -> list[list[Unit]]:
+    windows: list[list[Unit]] = [[]]
+    used = 0
+    for u in units:
+        cost = Timeline([u]).tokens(frame_tokens)
+        if windows[-1] and used + cost > budget:
+            windows.append([])
+            used = 0
+        windows[-1].append(u)
+        used += cost
+    return [w for w in windows if w]
+
+
+def cache_key(source: Source, engine: Engine, options: VideoOptions) -> str:
+    desc = engine.describe()
+    h = hashlib.sha256()
+    h.update(json.dumps({"model": desc.get("model"), "mmproj": desc.get("mmproj"), "n_ctx": desc.get("n_ctx"),
+                         "fps": options.fps, "frame_tokens": options.frame_tokens, "start": options.start_ms,
+                         "end": options.end_ms, "max_frames": options.max_frames, "audio": options.audio,
+                         "dedupe": options.dedupe}, sort_keys=True).encode())
+    for key in ("model", "mmproj"):
+        p = desc.get(key)
+        if p:
+            st = Path(p).stat()
+            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update(source.sha256().encode())
+    return h.hexdigest()[:32]
+
+
+def _generate(engine: Engine, messages: list[Message], gen: GenerateOptions,
+              after_prefill: Callable[[], None] | None = None) -> str:
+    stream = engine.generate(messages, gen)  # the prompt is evaluated here, before the first token
+    if after_prefill:
+        after_prefill()
+    return "".join(stream).strip()
+
+
+def video(source: Source, engine_for: Callable[[int], Engine], options: VideoOptions, n_ctx: int,
+          on_progress: Callable[[float], None] | None = None) -> Description:
+    t0 = time.perf_counter()
+    tl = build_timeline(source, options)
+    frame_tokens = options.frame_tokens
+    total = tl.tokens(frame_tokens)
+    prompt_budget = n_ctx - options.generate.max_tokens - 256
+    meta: dict[str, Any] = {"frames": tl.frames_total, "frames_dropped": tl.frames_dropped,
+                            "audio_seconds": tl.audio_seconds_total, "audio_seconds_silent": tl.audio_seconds_silent,
+                            "tokens_media": total, "tokens_saved": tl.saved_tokens(frame_tokens)}
+    engine = engine_for(n_ctx)
+    question = Text("\n" + options.prompt)
+    if total <= prompt_budget:
+        messages = [Message("user", [*unit_parts(tl.units), question])]
+        hook = None
+        state_file = None
+        if options.cache_dir is not None and hasattr(engine, "save_state"):
+            state_file = options.cache_dir / f"{cache_key(source, engine, options)}.state"
+            if state_file.exists() and engine.load_state(state_file.read_bytes()):  # type: ignore[attr-defined]
+                meta["cache"] = "hit"
+            else:
+                meta["cache"] = "miss"
+
+                def hook() -> None:
+                    write_state(state_file, engine.save_state(), options.cache_dir)  # type: ignore[attr-defined]
+
+        text = _generate(engine, messages, options.generate, hook)
+        meta["prompt_evaluated"] = engine.stats.prompt_evaluated
+        meta["windows"] = 1
+    else:
+        windows = split_windows(tl.units, prompt_budget, frame_tokens)
+        answers = []
+        for i, win in enumerate(windows):
+            span = f"[{clock(win[0].t_ms)}-{clock(win[-1].t_ms + int(1000 / options.fps))}]"
+            msg = [Message("user", [*unit_parts(win), Text(f"\nThis is the part {span} of a longer video. "
+                                                          + options.prompt)])]
+            answers.append(f"{span} {_generate(engine, msg, options.generate)}")
+            if on_progress:
+                on_progress((i + 1) / (len(windows) + 1))
+        combined = "\n".join(answers)
+        reduce = [Message("user", [Text("Notes on consecutive parts of one video, with their absolute times:\n"
+                                        f"{combined}\n\nUsing these notes, answer for the whole video: "
+                                        f"{options.prompt}")])]
+        text = _generate(engine, reduce, options.generate)
+        meta["windows"] = len(windows)
+        meta["window_answers"] = answers
+    meta["seconds"] = round(time.perf_counter() - t0, 3)
+    return Description(file=source.name, text=text, meta=meta)
+
+
+def write_state(path: Path, blob: bytes, cache_dir: Path | None, cap_bytes: int = 4 << 30) -> None:
+    """Write a prefilled state atomically, then evict the oldest states beyond the size cap."""
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+        os.replace(tmp, path)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)
+        return
+    if cache_dir is None:
+        return
+    states = sorted(cache_dir.glob("*.state"), key=lambda p: p.stat().st_mtime, reverse=True)
+    used = 0
+    for p in states:
+        used += p.stat().st_size
+        if used > cap_bytes and p != path:
+            p.unlink(missing_ok=True)
