@@ -158,7 +158,10 @@ def ensure_output_dir(path: Path) -> None:
 
 def read_stdin_text() -> str | None:
     """Piped text on stdin (like `llm`): None when stdin is a terminal or empty."""
-    if sys.stdin is None or sys.stdin.isatty():
+    try:
+        if sys.stdin is None or sys.stdin.isatty():
+            return None
+        data = sys.stdin.read()
+    except (OSError, ValueError):  # closed or unreadable stdin: nothing was piped
         return None
-    data = sys.stdin.read()
     return data if data.strip() else None

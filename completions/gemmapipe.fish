@@ -1,0 +1,1 @@
+complete --command gemmapipe --no-files --arguments "(env _GEMMAPIPE_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) gemmapipe)" --condition "env _GEMMAPIPE_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) gemmapipe"

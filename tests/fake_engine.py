@@ -1,0 +1,77 @@
+"""A fake engine with canned replies, for unit tests of tasks, writers and the CLI (as `llm` has
+its mock model). It records every request so tests can assert on what the model was fed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from gemmapipe.core.engine.base import EngineStats, GenerateOptions, TokenCount
+from gemmapipe.core.engine.parts import Audio, Image, Message, Text
+
+
+@dataclass
+class FakeEngine:
+    replies: list[str] = field(default_factory=lambda: ["canned reply"])
+    n_ctx: int = 4096
+    template: str | None = "{{ messages }}"
+    config: Any = None
+    stats: EngineStats = field(default_factory=EngineStats)
+    requests: list[tuple[list[Message], GenerateOptions]] = field(default_factory=list)
+    closed: bool = False
+
+    def generate(self, messages: list[Message], options: GenerateOptions) -> Iterator[str]:
+        self.requests.append((messages, options))
+        reply = self.replies[(len(self.requests) - 1) % len(self.replies)]
+        self.stats.prompt_tokens = self.count_tokens(messages, options).total
+        self.stats.generated = len(reply.split())
+        self.stats.stop_reason = "eog"
+
+        def stream() -> Iterator[str]:
+            for i, word in enumerate(reply.split(" ")):
+                yield word if i == 0 else " " + word
+
+        return stream()
+
+    def count_tokens(self, messages: list[Message], options: GenerateOptions) -> TokenCount:
+        n = 0
+        for m in messages:
+            for p in m.parts:
+                if isinstance(p, Text):
+                    n += len(p.text.split())
+                elif isinstance(p, Image):
+                    n += (p.pixels.shape[0] // 48) * (p.pixels.shape[1] // 48)
+                elif isinstance(p, Audio):
+                    n += (p.samples.size + 639) // 640
+        return TokenCount(n)
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": str(self.config.model) if self.config else "fake.gguf", "mmproj": None, "n_ctx": self.n_ctx}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def fake_engine(monkeypatch: pytest.MonkeyPatch) -> list[FakeEngine]:
+    """Patch the CLI to build FakeEngines; the list collects every engine created (set replies on
+    `fake_engine_replies` before running, via the returned list's `.replies` attribute)."""
+    from gemmapipe.cli import runner
+
+    created: list[FakeEngine] = []
+
+    class Created(list):  # type: ignore[type-arg]
+        replies: list[str] = ["canned reply"]
+
+    created = Created()
+
+    def factory(config: Any, pair: Any, *, n_ctx: int, max_image_tokens: int = 0) -> FakeEngine:
+        eng = FakeEngine(replies=list(created.replies), n_ctx=n_ctx, config=config)
+        created.append(eng)
+        return eng
+
+    monkeypatch.setattr(runner, "ENGINE_FACTORY", factory)
+    return created

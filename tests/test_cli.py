@@ -1,0 +1,214 @@
+"""The CLI contract: subcommands, exit codes, one-line errors, option precedence, model validation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fake_engine import fake_engine  # noqa: F401  (fixture)
+from gguf_factory import write_mmproj, write_text_model
+
+from gemmapipe.cli.app import run
+from gemmapipe.core.errors import ExitStatus, ModelError
+from gemmapipe.core.model import resolve
+
+COMMANDS = ["transcribe", "diarize", "describe", "video", "chat"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    for var in ("GEMMAPIPE_MODEL", "GEMMAPIPE_MMPROJ", "GEMMAPIPE_TRACEBACK", "GEMMAPIPE_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    for kind in ("CONFIG", "CACHE", "DATA"):
+        monkeypatch.setenv(f"XDG_{kind}_HOME", str(tmp_path / kind.lower()))
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> dict[str, Path]:
+    d = tmp_path / "models"
+    d.mkdir()
+    out = {name: write_text_model(d / f"{name}.gguf") for name in ("a", "b", "c")}
+    return out
+
+
+def test_help_lists_the_five_subcommands() -> None:
+    proc = subprocess.run([sys.executable, "-m", "gemmapipe", "--help"], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "100"})
+    assert proc.returncode == 0
+    for name in COMMANDS:
+        assert name in proc.stdout
+    assert "Exit status" in proc.stdout and "130" in proc.stdout
+
+
+def test_help_imports_no_heavy_module() -> None:
+    code = ("import sys\nfrom gemmapipe.cli.app import run\ntry:\n    run(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('numpy', 'av', 'llama_cpp', 'PIL', 'soundfile', 'gguf') if m in sys.modules]\n"
+            "print(heavy, file=sys.stderr)\nsys.exit(1 if heavy else 0)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    for name in COMMANDS:
+        proc = subprocess.run([sys.executable, "-c", code.replace("['--help']", f"['{name}', '--help']")],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, (name, proc.stderr)
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("gemmapipe ")
+
+
+def test_usage_error_is_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["transcribe", "--no-such-flag", "x.wav"]) == ExitStatus.USAGE
+    err = capsys.readouterr()
+    assert err.out == ""
+    lines = err.err.strip().splitlines()
+    assert lines[0].startswith("gemmapipe: error: usage: ")
+    assert "Traceback" not in err.err
+
+
+def test_unknown_format_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["transcribe", "-f", "docx", "x.wav"]) == ExitStatus.USAGE
+    assert "unknown format 'docx'" in capsys.readouterr().err
+
+
+def test_missing_model_exit_4(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["chat", "hello"]) == ExitStatus.MODEL
+    err = capsys.readouterr().err
+    assert err.startswith("gemmapipe: error: model: no model given")
+    assert "gemmapipe: hint:" in err
+
+
+def test_bad_model_file_exit_4_and_traceback_on_request(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a model at all")
+    assert run(["chat", "-m", str(junk), "hi"]) == ExitStatus.MODEL
+    err = capsys.readouterr().err
+    assert "not a GGUF file" in err and "Traceback" not in err
+    with pytest.raises(ModelError):
+        run(["chat", "-m", str(junk), "--traceback", "hi"])
+    monkeypatch.setenv("GEMMAPIPE_TRACEBACK", "1")
+    with pytest.raises(ModelError):
+        run(["chat", "-m", str(junk), "hi"])
+
+
+def test_bad_input_exit_3(models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["transcribe", "--dry-run", str(tmp_path / "nope.wav")]) == ExitStatus.BAD_INPUT
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("gemmapipe: error: ")
+    assert len(captured.err.strip().splitlines()) <= 2
+
+
+def test_batch_partial_failure_exit_5(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from media_factory import write_tone
+
+    good = tmp_path / "good.wav"
+    write_tone(good, "wav", seconds=1.0)
+    assert run(["transcribe", "--dry-run", str(good), str(tmp_path / "missing.wav")]) == ExitStatus.PARTIAL
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.splitlines()[0])["kind"] == "audio"
+    assert "1 of 2 inputs failed" in captured.err
+
+
+def test_precedence_flag_env_config(models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    fake_engine: list) -> None:  # noqa: F811
+    cfg = tmp_path / "config" / "gemmapipe" / "config.toml"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text(f'model = "{models["a"]}"\ntemperature = 0.25\n[chat]\nmax-tokens = 7\n')
+
+    def used() -> tuple[Path, object]:
+        eng = fake_engine[-1]
+        return eng.config.model, eng.requests[-1][1]
+
+    assert run(["chat", "hi"]) == 0
+    model, opts = used()
+    assert model == models["a"] and opts.temperature == 0.25 and opts.max_tokens == 7  # config
+    monkeypatch.setenv("GEMMAPIPE_MODEL", str(models["b"]))
+    assert run(["chat", "hi"]) == 0
+    assert used()[0] == models["b"]  # env beats config
+    assert run(["chat", "-m", str(models["c"]), "--temperature", "0.5", "hi"]) == 0
+    model, opts = used()
+    assert model == models["c"] and opts.temperature == 0.5  # flag beats env and config
+
+
+def test_invalid_config_is_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "config" / "gemmapipe" / "config.toml"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text("model = [unclosed\n")
+    assert run(["chat", "hi"]) == ExitStatus.USAGE
+    assert "invalid TOML" in capsys.readouterr().err
+
+
+def test_chat_one_shot_streams_reply_to_stdout(models: dict[str, Path], capsys: pytest.CaptureFixture[str],
+                                               fake_engine: list) -> None:  # noqa: F811
+    fake_engine.replies = ["Paris is the capital."]
+    assert run(["chat", "-m", str(models["a"]), "capital of France?"]) == 0
+    assert capsys.readouterr().out == "Paris is the capital.\n"
+
+
+# --- model validation (core) -----------------------------------------------------------------------
+
+def test_resolve_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="no such file"):
+        resolve(tmp_path / "missing.gguf", None)
+
+
+def test_resolve_not_gguf(tmp_path: Path) -> None:
+    p = tmp_path / "x.gguf"
+    p.write_bytes(b"PK\x03\x04 zip not gguf")
+    with pytest.raises(ModelError, match="not a GGUF"):
+        resolve(p, None)
+
+
+def test_resolve_truncated_gguf(tmp_path: Path) -> None:
+    full = write_text_model(tmp_path / "full.gguf", n_embd=256)
+    data = full.read_bytes()
+    for cut in (len(data) - 100, len(data) // 2, 40):
+        t = tmp_path / f"cut{cut}.gguf"
+        t.write_bytes(data[:cut])
+        with pytest.raises(ModelError, match="truncated|corrupt"):
+            resolve(t, None)
+
+
+def test_resolve_projector_of_wrong_width(tmp_path: Path) -> None:
+    model = write_text_model(tmp_path / "m.gguf", n_embd=64)
+    write_mmproj(tmp_path / "mmproj-m.gguf", width=32)
+    with pytest.raises(ModelError, match="width 32 but the model m.gguf has width 64"):
+        resolve(model, None, needs={"audio"})
+
+
+def test_resolve_finds_single_mmproj_and_checks_modalities(tmp_path: Path) -> None:
+    model = write_text_model(tmp_path / "m.gguf", n_embd=64)
+    proj = write_mmproj(tmp_path / "mmproj-m.gguf", width=64, audio=False)
+    pair = resolve(model, None, needs={"vision"})
+    assert pair.mmproj is not None and pair.mmproj.path == proj
+    with pytest.raises(ModelError, match=r"mmproj-m.gguf.*has no audio encoder"):
+        resolve(model, None, needs={"audio"})
+
+
+def test_resolve_ambiguous_mmproj(tmp_path: Path) -> None:
+    model = write_text_model(tmp_path / "m.gguf")
+    write_mmproj(tmp_path / "mmproj-a.gguf")
+    write_mmproj(tmp_path / "mmproj-b.gguf")
+    with pytest.raises(ModelError, match="several mmproj"):
+        resolve(model, None, needs={"vision"})
+
+
+def test_transcribe_without_audio_projector_exit_4(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from media_factory import write_tone
+
+    model = write_text_model(tmp_path / "m.gguf", n_embd=64)
+    write_mmproj(tmp_path / "mmproj-m.gguf", width=64, audio=False)
+    wav = tmp_path / "a.wav"
+    write_tone(wav, "wav", seconds=1.0)
+    assert run(["transcribe", "-m", str(model), str(wav)]) == ExitStatus.MODEL
+    err = capsys.readouterr().err
+    assert "mmproj-m.gguf" in err and "no audio encoder" in err
