@@ -8,7 +8,6 @@ same thread count, in the same run. Prints prefill and decode tokens/s and their
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import statistics
 import time
@@ -82,10 +81,10 @@ def main() -> None:
         args.model = str(assemble())
     rows = {"native_prefill": [], "native_decode": [], "ours_prefill": [], "ours_decode": []}
     for _ in range(args.repeat):  # interleaved, so drift affects both alike
-        p, d, toks = native(args.model, PROMPT, args.tokens, args.threads)
+        p, d, _ = native(args.model, PROMPT, args.tokens, args.threads)
         rows["native_prefill"].append(p)
         rows["native_decode"].append(d)
-        p, d, n = ours(args.model, PROMPT, args.tokens, args.threads)
+        p, d, _ = ours(args.model, PROMPT, args.tokens, args.threads)
         rows["ours_prefill"].append(p)
         rows["ours_decode"].append(d)
     med = {k: statistics.median(v) for k, v in rows.items()}
@@ -100,7 +99,6 @@ def main() -> None:
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / "engine.json").write_text(json.dumps(result, indent=1) + "\n")
-    del ctypes
 
 
 if __name__ == "__main__":

@@ -68,14 +68,14 @@ class Runner:
             self._pair = resolve(self.common.model, self.common.mmproj, needs=self.needs)
         return self._pair
 
-    def engine(self, *, n_ctx: int, image_tokens: tuple[int, int] | None = None) -> Any:
+    def engine(self, *, n_ctx: int, image_tokens: tuple[int, int] | None = None, swa_full: bool = False) -> Any:
         """The engine, loaded once per invocation (reloaded only if a later input needs a bigger one)."""
         lo, hi = image_tokens or (0, 0)
         ctx = self.common.ctx_size or n_ctx
         key = (ctx, lo, hi)
         if self._engine is not None and self._engine_key is not None:
             old_ctx, old_lo, old_hi = self._engine_key
-            if old_ctx >= ctx and (old_lo, old_hi) == (lo, hi) or (lo, hi) == (0, 0) and old_ctx >= ctx:
+            if old_ctx >= ctx and (lo, hi) in ((old_lo, old_hi), (0, 0)):
                 return self._engine
             self._engine.close()
             self._engine = None
@@ -87,7 +87,7 @@ class Runner:
                               threads=c.threads, gpu_layers=c.gpu_layers, ctx_size=ctx,
                               image_min_tokens=lo or None, image_max_tokens=hi or None,
                               flash_attn=c.flash_attn, cache_type=c.cache_type, no_template=c.no_template,
-                              verbose=c.verbose)
+                              swa_full=swa_full, verbose=c.verbose)
         self.info(f"loading {config.model.name} (n_ctx {ctx})")
         if ENGINE_FACTORY is not None:
             self._engine = ENGINE_FACTORY(config, pair, n_ctx=ctx, max_image_tokens=hi)

@@ -26,7 +26,8 @@ def parse_time_ms(text: str | None, *, what: str = "time") -> int | None:
         else:
             ms = round(float(s) * 1000)
     except ValueError:
-        raise UsageError(what, f"cannot read {text!r} as a time", "use seconds (90), mm:ss (1:30) or hh:mm:ss.s") from None
+        raise UsageError(what, f"cannot read {text!r} as a time",
+                         "use seconds (90), mm:ss (1:30) or hh:mm:ss.s") from None
     if ms < 0:
         raise UsageError(what, f"{text!r} is negative")
     return ms

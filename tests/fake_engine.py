@@ -61,12 +61,11 @@ def fake_engine(monkeypatch: pytest.MonkeyPatch) -> list[FakeEngine]:
     `fake_engine_replies` before running, via the returned list's `.replies` attribute)."""
     from gemmapipe.cli import runner
 
-    created: list[FakeEngine] = []
-
     class Created(list):  # type: ignore[type-arg]
-        replies: list[str] = ["canned reply"]
+        replies: list[str]
 
     created = Created()
+    created.replies = ["canned reply"]
 
     def factory(config: Any, pair: Any, *, n_ctx: int, max_image_tokens: int = 0) -> FakeEngine:
         eng = FakeEngine(replies=list(created.replies), n_ctx=n_ctx, config=config)

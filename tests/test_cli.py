@@ -9,12 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from fake_engine import fake_engine  # noqa: F401  (fixture)
-from gguf_factory import write_mmproj, write_text_model
 
 from gemmapipe.cli.app import run
 from gemmapipe.core.errors import ExitStatus, ModelError
 from gemmapipe.core.model import resolve
+
+from fake_engine import fake_engine  # noqa: F401  (fixture)
+from gguf_factory import write_mmproj, write_text_model
 
 COMMANDS = ["transcribe", "diarize", "describe", "video", "chat"]
 

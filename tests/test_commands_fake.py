@@ -10,13 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fake_engine import fake_engine  # noqa: F401  (fixture)
-from gguf_factory import write_mmproj, write_text_model
-from media_factory import write_image, write_tone, write_video
 
 from gemmapipe.cli.app import run
 from gemmapipe.core.engine.parts import Audio, Image, Text
 from gemmapipe.core.errors import ExitStatus
+
+from fake_engine import fake_engine  # noqa: F401  (fixture)
+from gguf_factory import write_mmproj, write_text_model
+from media_factory import write_image, write_tone, write_video
 
 
 @pytest.fixture(autouse=True)

@@ -42,6 +42,9 @@ class GenerateOptions:
     think: bool = False
     on_thought: Callable[[str], None] | None = None  # thinking text goes here, never to the answer
     add_generation_prompt: bool = True
+    # Called once the last media chunk is in the KV cache and before the text after it: the moment
+    # to save a state that any later question about the same media can resume from by appending.
+    on_media_evaluated: Callable[[], None] | None = None
 
 
 @dataclass

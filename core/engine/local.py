@@ -15,7 +15,6 @@ import codecs
 import ctypes
 import hashlib
 import os
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ContextOverflow, GemmapipeError, ModelError
 from ..model import AUDIO, VISION, ModelPair
 from .base import EngineConfig, EngineStats, GenerateOptions, TokenCount
+from .native import quiet_native_logs
 from .parts import Audio, Image, Message, Text
 from .template import render_prompt
 
@@ -36,24 +36,8 @@ _FLASH = {"auto": -1, "off": 0, "on": 1}
 # End-of-turn tokens of the Gemma 4 format; used only when the GGUF's vocabulary has them.
 _STOP_TEXTS = ("<turn|>", "<|tool_response>", "<eos>")
 _THOUGHT_OPEN, _THOUGHT_CLOSE = "<|channel>", "<channel|>"
-
-_log_callbacks: list[Any] = []  # keep ctypes callbacks alive for the life of the process
-
-
-def _install_logging(verbose: bool) -> None:
-    """Route llama.cpp and mtmd logs to stderr when verbose, else drop them."""
-    import llama_cpp
-    from llama_cpp import mtmd_cpp
-
-    @llama_cpp.llama_log_callback  # type: ignore[misc]
-    def _log(level: int, text: bytes | None, user_data: Any) -> None:
-        if verbose and text:
-            sys.stderr.write(text.decode("utf-8", "replace"))
-
-    _log_callbacks.append(_log)
-    llama_cpp.llama_log_set(_log, ctypes.c_void_p(0))
-    mtmd_cpp.mtmd_helper_log_set(_log, ctypes.c_void_p(0))
-
+# What libmtmd puts around gemma4uv/gemma4ua media (mtmd.cpp: img_beg/img_end, aud_beg/aud_end).
+_MEDIA_WRAPPERS = {"image": ("<|image>", "<image|>"), "audio": ("<|audio>", "<audio|>")}
 
 def default_threads() -> int:
     try:
@@ -88,15 +72,20 @@ class LocalEngine:
         self.config = config
         self.pair = pair
         self.stats = EngineStats()
-        _install_logging(config.verbose)
+        quiet_native_logs(config.verbose)
         llama_cpp.llama_backend_init()
 
         mparams = llama_cpp.llama_model_default_params()
         offload = llama_cpp.llama_supports_gpu_offload()
         mparams.n_gpu_layers = (999 if config.gpu_layers < 0 else config.gpu_layers) if offload else 0
+        if os.environ.get("GEMMAPIPE_NO_REPACK", "") not in ("", "0"):
+            # Repacked CPU weights use AMX where the CPU reports it; some hypervisors do not grant
+            # AMX state and the process dies with SIGILL. This keeps the plain layout.
+            mparams.use_extra_bufts = False
         self._model = llama_cpp.llama_model_load_from_file(str(config.model).encode(), mparams)
         if not self._model:
-            raise ModelError(f"model {config.model}", "llama.cpp could not load it (unsupported architecture or corrupt)",
+            raise ModelError(f"model {config.model}",
+                             "llama.cpp could not load it (unsupported architecture or corrupt)",
                              "run with -v to see llama.cpp's log")
         self._ctx: Any = None
         self._mtmd: Any = None
@@ -162,6 +151,13 @@ class LocalEngine:
         self._stop_ids = {t for t in (self._single_token(s) for s in _STOP_TEXTS) if t is not None}
         self._thought_open = self._single_token(_THOUGHT_OPEN)
         self._thought_close = self._single_token(_THOUGHT_CLOSE)
+        # A model whose vocabulary lacks the media wrapper tokens (a projector grafted onto another
+        # model, as our probes are) would read them as stray text: drop them there.
+        self._foreign_wrappers = {
+            kind: tuple(tuple(self.tokenize(s, add_special=False, parse_special=True)) for s in pair_)
+            for kind, pair_ in _MEDIA_WRAPPERS.items()
+            if any(self._single_token(s) is None for s in pair_)
+        }
         suppress = pair.model.get("tokenizer.ggml.suppress_tokens") or []
         self._suppress = [int(t) for t in suppress if 0 <= int(t) < self.n_vocab]
         self._cached: list[tuple[Any, ...]] = []  # signatures of what sits in the KV cache, in order
@@ -229,11 +225,10 @@ class LocalEngine:
         else:
             samples = np.ascontiguousarray(part.samples, dtype=np.float32)
             bmp = M.mtmd_bitmap_init_from_audio(len(samples), samples.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
-            px = samples
         if not bmp:
             raise GemmapipeError("media", "libmtmd could not create a bitmap")
         # The id is what mtmd reports back per chunk: a content hash lets us match cached media.
-        M.mtmd_bitmap_set_id(bmp, _content_id(px).encode())
+        M.mtmd_bitmap_set_id(bmp, _content_id(px if isinstance(part, Image) else samples).encode())
         return bmp
 
     def _prepare(self, messages: list[Message], options: GenerateOptions) -> _Prepared:
@@ -275,7 +270,23 @@ class LocalEngine:
                 kinds.append("image" if kind == CHUNK_IMAGE else "audio")
             counts.append(int(n))
         del L
+        if self._foreign_wrappers:
+            self._strip_wrappers(sigs, kinds, counts)
         return _Prepared(chunks, sigs, kinds, counts, bitmaps)
+
+    def _strip_wrappers(self, sigs: list[tuple[Any, ...]], kinds: list[str], counts: list[int]) -> None:
+        """mtmd tokenizes each wrapper on its own and appends it to the neighbouring text chunk, so it
+        sits exactly at the end (begin marker) or start (end marker) of the text next to the media."""
+        for i, kind in enumerate(kinds):
+            if kind not in self._foreign_wrappers:
+                continue
+            beg, end = self._foreign_wrappers[kind]
+            if i > 0 and kinds[i - 1] == "text" and beg and sigs[i - 1][-len(beg):] == beg:
+                sigs[i - 1] = sigs[i - 1][: -len(beg)]
+                counts[i - 1] -= len(beg)
+            if i + 1 < len(kinds) and kinds[i + 1] == "text" and end and sigs[i + 1][1:1 + len(end)] == end:
+                sigs[i + 1] = (sigs[i + 1][0], *sigs[i + 1][1 + len(end):])
+                counts[i + 1] -= len(end)
 
     def _free_bitmaps(self, bitmaps: list[Any]) -> None:
         for b in bitmaps:
@@ -348,7 +359,7 @@ class LocalEngine:
             pos += len(part)
         return pos
 
-    def _evaluate(self, prep: _Prepared) -> None:
+    def _evaluate(self, prep: _Prepared, on_media_evaluated: Any = None) -> None:
         M = self._M
         keep_tokens = self._reuse_prefix(prep.sigs)
         if keep_tokens >= prep.total:  # identical prompt: re-evaluate the last token for logits
@@ -360,18 +371,24 @@ class LocalEngine:
         n_past = keep_tokens
         evaluated = 0
         pos_in_chunks = 0
+        last_index = max(i for i, n in enumerate(prep.n_tokens) if n > 0)  # stripped wrappers can empty a chunk
+        media = [i for i, k in enumerate(prep.kinds) if k != "text"]
+        last_media = media[-1] if media else -1
         for i, sig in enumerate(prep.sigs):
             n = prep.n_tokens[i]
             chunk_start = pos_in_chunks
             pos_in_chunks += n
             if pos_in_chunks <= keep_tokens:
                 continue
-            last = i == len(prep.sigs) - 1
+            last = i == last_index
             if sig[0] == "text":
                 skip = max(0, keep_tokens - chunk_start)
                 toks = list(sig[1 + skip :])
                 n_past = self._decode_tokens(toks, n_past, logits_last=last)
                 evaluated += len(toks)
+            elif last:
+                n_past = self._eval_media_with_logits(M.mtmd_input_chunks_get(prep.chunks, i), n_past, n)
+                evaluated += n
             else:
                 new_n_past = self._L.llama_pos(0)
                 chunk = M.mtmd_input_chunks_get(prep.chunks, i)
@@ -381,11 +398,43 @@ class LocalEngine:
                     raise GemmapipeError("media", f"evaluating a {prep.kinds[i]} chunk failed (code {rc})")
                 n_past = new_n_past.value
                 evaluated += n
+                if i == last_media and on_media_evaluated is not None:
+                    self._n_past, self._cached = n_past, list(prep.sigs[: i + 1])
+                    on_media_evaluated()
         self._n_past = n_past
         self._cached = list(prep.sigs)
         self.stats.prompt_tokens = prep.total
         self.stats.prompt_evaluated = evaluated
         self.stats.total_prompt_evaluated += evaluated
+
+    def _eval_media_with_logits(self, chunk: Any, n_past: int, n_tokens: int) -> int:
+        """A prompt that ends on media (plain completion of audio, say) needs logits at its last
+        embedding, which mtmd's helper never requests: encode the chunk and decode it ourselves."""
+        L, M = self._L, self._M
+        if M.mtmd_encode_chunk(self._mtmd, chunk) != 0:
+            raise GemmapipeError("media", "encoding the last media chunk failed")
+        embd = M.mtmd_get_output_embd(self._mtmd)
+        n_embd = L.llama_model_n_embd_inp(self._model)
+        batch = L.llama_batch_init(n_tokens, n_embd, 1)
+        non_causal = bool(M.mtmd_decode_use_non_causal(self._mtmd, chunk))
+        try:
+            ctypes.memmove(batch.embd, embd, n_tokens * n_embd * ctypes.sizeof(ctypes.c_float))
+            for i in range(n_tokens):
+                batch.pos[i] = n_past + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = i == n_tokens - 1
+            batch.n_tokens = n_tokens
+            if non_causal:
+                L.llama_set_causal_attn(self._ctx, False)
+            rc = L.llama_decode(self._ctx, batch)
+        finally:
+            if non_causal:
+                L.llama_set_causal_attn(self._ctx, True)
+            L.llama_batch_free(batch)
+        if rc != 0:
+            raise GemmapipeError("decode", f"llama_decode failed on media embeddings (code {rc})")
+        return n_past + n_tokens
 
     # --- sampling -------------------------------------------------------------------------------
     def _sampler(self, options: GenerateOptions) -> Any:
@@ -426,7 +475,7 @@ class LocalEngine:
             if need > self.n_ctx:
                 raise ContextOverflow("prompt", need, self.n_ctx)
             t0 = time.perf_counter()
-            self._evaluate(prep)
+            self._evaluate(prep, options.on_media_evaluated)
             self.stats.prefill_s = time.perf_counter() - t0
         finally:
             self._release(prep)
@@ -571,9 +620,11 @@ def _sig_tokens(sig: tuple[Any, ...]) -> int:
 
 
 def _content_id(arr: np.ndarray) -> str:
+    import numpy as np
+
     h = hashlib.sha256()
     h.update(str(arr.shape).encode())
-    h.update(memoryview(arr).cast("B"))
+    h.update(np.ascontiguousarray(arr).data)
     return h.hexdigest()[:32]
 
 

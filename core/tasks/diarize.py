@@ -19,7 +19,7 @@ from ..engine.grammar import schema_to_grammar
 from ..engine.parts import Audio, Message, Part, Text
 from ..errors import UsageError
 from ..results import Segment, Transcript
-from .transcribe import SAMPLE_RATE, cut_repetition
+from .transcribe import SAMPLE_RATE, cut_repetition, trim_digital_silence
 
 if TYPE_CHECKING:
     import numpy as np
@@ -78,7 +78,8 @@ def label(index: int, options: DiarizeOptions) -> str:
 def iter_turns(clips: Iterator[Any], engine_for: Callable[[], Engine], options: DiarizeOptions, *,
                on_progress: Callable[[int], None] | None = None) -> Iterator[Segment]:
     exemplars: list[np.ndarray] = []
-    for clip in clips:
+    for raw in clips:
+        clip = trim_digital_silence(raw)
         engine = engine_for()
         can_add = len(exemplars) < options.max_speakers
         gen = GenerateOptions(**{**options.generate.__dict__,
@@ -127,7 +128,8 @@ def diarize(source: Source, engine_for: Callable[[], Engine], options: DiarizeOp
 def score_der(reference_rttm: str, segments: list[Segment], uri: str) -> dict[str, float]:
     """DER against a reference RTTM with pyannote.metrics (the `score` extra)."""
     try:
-        from pyannote.core import Annotation, Segment as PSegment
+        from pyannote.core import Annotation
+        from pyannote.core import Segment as PSegment
         from pyannote.metrics.diarization import DiarizationErrorRate
     except ImportError:
         raise UsageError("--score", "needs pyannote.metrics", "pip install 'gemmapipe[score]'") from None

@@ -72,6 +72,32 @@ def n_ctx_for(options: TranscribeOptions, extra_tokens: int = 0) -> int:
 
 
 _WORD = re.compile(r"\S+")
+DIGITAL_SILENCE = 1e-4  # peak below which a 40 ms window carries nothing (-80 dBFS)
+
+
+@dataclass
+class Clip:
+    start: int  # samples from the file start
+    end: int
+    samples: Any
+
+
+def trim_digital_silence(clip: Any, window: int = 640) -> Clip:
+    """Drop whole 40 ms windows of digital silence at the clip's edges (the VAD's pad over a
+    zeroed stretch): they cost tokens, carry nothing, and would blur the segment's timestamps."""
+    import numpy as np
+
+    x = clip.samples
+    n = x.size // window
+    if n == 0:
+        return Clip(clip.start, clip.end, x)
+    peaks = np.abs(x[: n * window]).reshape(n, window).max(axis=1)
+    loud = np.flatnonzero(peaks >= DIGITAL_SILENCE)
+    if loud.size == 0:
+        return Clip(clip.start, clip.end, x)
+    a = int(loud[0]) * window
+    b = x.size if loud[-1] == n - 1 else (int(loud[-1]) + 1) * window
+    return Clip(clip.start + a, clip.start + b, x[a:b])
 
 
 def cut_repetition(text: str, *, min_repeats: int = 4, max_period: int = 12) -> tuple[str, bool]:
@@ -97,7 +123,8 @@ def iter_segments(
     templated: Callable[[Engine], bool], on_progress: Callable[[int], None] | None = None,
 ) -> Iterator[Segment]:
     """One segment per speech clip, in order; silence never reaches the model."""
-    for clip in clips:
+    for raw in clips:
+        clip = trim_digital_silence(raw)
         engine = engine_for()
         msgs = clip_messages(clip.samples, options, templated=templated(engine))
         text = "".join(engine.generate(msgs, options.generate)).strip()
@@ -107,7 +134,7 @@ def iter_segments(
         if getattr(engine.stats, "stop_reason", "") == "length" and not looped:
             flags.append("truncated")
         if on_progress:
-            on_progress(clip.end)
+            on_progress(raw.end)
         if text:
             yield Segment(start_ms=clip.start * 1000 // SAMPLE_RATE, end_ms=clip.end * 1000 // SAMPLE_RATE,
                           text=text, flags=flags)

@@ -99,7 +99,7 @@ def build_timeline(source: Source, options: VideoOptions) -> Timeline:
             tl.frames_dropped += 1
         units[fr.t_ms] = Unit(fr.t_ms, fr.pixels if keep else None, None)
     if options.audio and units:
-        step = int(round(1000 / options.fps))
+        step = round(1000 / options.fps)
         times = sorted(units)
         limit = times[-1] + step
         buf = np.zeros(0, dtype=np.float32)
@@ -174,12 +174,8 @@ def cache_key(source: Source, engine: Engine, options: VideoOptions) -> str:
     return h.hexdigest()[:32]
 
 
-def _generate(engine: Engine, messages: list[Message], gen: GenerateOptions,
-              after_prefill: Callable[[], None] | None = None) -> str:
-    stream = engine.generate(messages, gen)  # the prompt is evaluated here, before the first token
-    if after_prefill:
-        after_prefill()
-    return "".join(stream).strip()
+def _generate(engine: Engine, messages: list[Message], gen: GenerateOptions) -> str:
+    return "".join(engine.generate(messages, gen)).strip()
 
 
 def video(source: Source, engine_for: Callable[[int], Engine], options: VideoOptions, n_ctx: int,
@@ -196,7 +192,7 @@ def video(source: Source, engine_for: Callable[[int], Engine], options: VideoOpt
     question = Text("\n" + options.prompt)
     if total <= prompt_budget:
         messages = [Message("user", [*unit_parts(tl.units), question])]
-        hook = None
+        gen = options.generate
         state_file = None
         if options.cache_dir is not None and hasattr(engine, "save_state"):
             state_file = options.cache_dir / f"{cache_key(source, engine, options)}.state"
@@ -204,11 +200,14 @@ def video(source: Source, engine_for: Callable[[int], Engine], options: VideoOpt
                 meta["cache"] = "hit"
             else:
                 meta["cache"] = "miss"
+                path = state_file
 
-                def hook() -> None:
-                    write_state(state_file, engine.save_state(), options.cache_dir)  # type: ignore[attr-defined]
+                def save() -> None:
+                    write_state(path, engine.save_state(), options.cache_dir)
 
-        text = _generate(engine, messages, options.generate, hook)
+                gen = GenerateOptions(**{**gen.__dict__, "on_media_evaluated": save})
+
+        text = _generate(engine, messages, gen)
         meta["prompt_evaluated"] = engine.stats.prompt_evaluated
         meta["windows"] = 1
     else:

