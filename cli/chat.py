@@ -81,7 +81,8 @@ def command(
         if interactive:
             from .interactive import repl
 
-            return repl(convo, engine, options, parts, attach, image_tokens=image_tokens, store=store)
+            return repl(convo, engine, options, parts, attach, image_tokens=image_tokens, store=store,
+                        info=runner.info)
         out = sys.stdout
         for piece in convo.ask(engine(), text, parts, options, attach):
             out.write(piece)

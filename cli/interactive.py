@@ -16,7 +16,7 @@ def _history_file() -> Path:
 
 
 def repl(convo: Any, engine_for: Any, options: Any, parts: list[Any], specs: list[str], *,
-         image_tokens: int, store: Path | None) -> int:
+         image_tokens: int, store: Path | None, info: Any = None) -> int:
     from rich.console import Console
     from rich.live import Live
     from rich.markdown import Markdown
@@ -78,6 +78,9 @@ def repl(convo: Any, engine_for: Any, options: Any, parts: list[Any], specs: lis
                     text += piece
                     live.update(Markdown(text))
             pending, pending_specs = [], []
+            if info is not None:
+                s = engine.stats
+                info(f"prompt {s.prompt_tokens} tokens, {s.prompt_evaluated} evaluated, {s.generated} generated")
             if store is not None:
                 convo.save(store)
     finally:

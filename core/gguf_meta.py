@@ -60,7 +60,8 @@ def _lib() -> Any:
 
     quiet_native_logs()
     libdir = Path(llama_cpp.__file__).parent / "lib"
-    candidates = sorted(p for p in libdir.glob("*ggml-base*") if p.suffix in (".so", ".dylib", ".dll") or ".so." in p.name)
+    candidates = sorted(p for p in libdir.glob("*ggml-base*")
+                        if p.suffix in (".so", ".dylib", ".dll") or ".so." in p.name)
     if not candidates:
         raise ModelError("llama.cpp", f"cannot find libggml-base in {libdir}")
     lib = ctypes.CDLL(str(candidates[0]))
@@ -95,7 +96,7 @@ def _value(lib: Any, ctx: int, i: int, key: str) -> Any:
     if sub == _T_STR:
         return [lib.gguf_get_arr_str(ctx, i, j).decode("utf-8", "replace") for j in range(n)]
     if sub in _SCALAR:
-        ctype = _SCALAR[sub][1]
+        ctype: Any = _SCALAR[sub][1]
         data = ctypes.cast(lib.gguf_get_arr_data(ctx, i), ctypes.POINTER(ctype))
         return [bool(data[j]) if sub == _T_BOOL else data[j] for j in range(n)]
     return None

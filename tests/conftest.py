@@ -113,3 +113,17 @@ def vision_probe(gemmapipe_model_cache: _Path, gemma3_270m: _Path) -> _Path:
         lambda d: probe.build_vision_probe(d, gemma3_270m),
     )
     return folder / "probe-vision.gguf"
+
+
+@_pytest.fixture(scope="session")
+def av_probe(gemmapipe_model_cache: _Path, gemma3_270m: _Path, vision_probe: _Path, audio_probe: _Path) -> _Path:
+    """Both probe projectors in one mmproj, for `video` (see tests/models/probe.py build_av_probe)."""
+    from models import probe
+
+    folder = _gemmapipe_cached(
+        gemmapipe_model_cache,
+        "probe-av-v",
+        f"{probe.BUILDER_VERSION}-{_probe_key(gemma3_270m)}",
+        lambda d: probe.build_av_probe(d, vision_probe, audio_probe),
+    )
+    return folder / "probe-av.gguf"

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from media_factory import write_image, write_video
-from models.probe import read_probe_codebook, tokenize, tokens_to_waveform
 
 from gemmapipe.cli.app import run
 from gemmapipe.core.engine.base import EngineConfig, GenerateOptions
@@ -20,6 +18,9 @@ from gemmapipe.core.engine.local import LocalEngine
 from gemmapipe.core.engine.parts import Audio, Image, Message, Text
 from gemmapipe.core.errors import ContextOverflow
 from gemmapipe.core.model import resolve
+
+from media_factory import write_image, write_video
+from models.probe import read_probe_codebook, tokenize, tokens_to_waveform
 
 pytestmark = pytest.mark.model
 THREADS = 2
@@ -48,7 +49,7 @@ def speech_wav(path: Path, clips: list[tuple[float, np.ndarray]], total_s: float
 
     x = np.zeros(int(total_s * 16000), dtype=np.float32)
     for start, wave in clips:
-        i = int(round(start * 16000))
+        i = round(start * 16000)
         x[i:i + wave.size] = wave
     sf.write(path, x, 16000, subtype="FLOAT")
     return path
@@ -227,9 +228,140 @@ def test_probe_transcribe_words_and_timestamps(gemma3_270m: Path, audio_probe: P
                 "--max-tokens", "8", "-f", "json", str(wav)]) == 0
     segs = json.loads(capsys.readouterr().out)["segments"]
     assert len(segs) == 2
-    for seg, (t, sentence), (_, wave) in zip(segs, placed, clips, strict=True):
+    for seg, (t, _), (_, wave) in zip(segs, placed, clips, strict=True):
         end = t + wave.size / 16000
         assert abs(seg["start_ms"] - t * 1000) <= 40
         assert abs(seg["end_ms"] - end * 1000) <= 40
-    first = segs[0]["text"]
-    assert "capital" in first and "France" in first  # " the capital of the country of France."
+    # each clip makes the model say exactly what it says to the same words given as text
+    pair = resolve(gemma3_270m, None, load_projector=False)
+    with LocalEngine(EngineConfig(model=gemma3_270m, threads=THREADS), pair, n_ctx=512) as eng:
+        for seg, sentence in zip(segs, sentences, strict=True):
+            expected = "".join(eng.generate([Message.user(sentence)], GenerateOptions(max_tokens=8)))
+            assert seg["text"] == " ".join(expected.split())
+    assert "capital of the country of France" in segs[0]["text"]
+
+
+@pytest.fixture
+def record_media(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
+    """Wrap LocalEngine.generate: decode every media part it is fed (mtmd's own embeddings) and
+    keep the prompt's parts and the answer."""
+    seen: dict[str, list] = {"parts": [], "embeddings": [], "answers": []}
+    original = LocalEngine.generate
+
+    def generate(self: LocalEngine, messages: list[Message], options: GenerateOptions):  # type: ignore[no-untyped-def]
+        parts = [p for m in messages for p in m.parts]
+        seen["parts"].append(parts)
+        seen["embeddings"].append([self.encode_media(p) if isinstance(p, Image | Audio) else None for p in parts])
+        stream = original(self, messages, options)
+
+        def keep():  # type: ignore[no-untyped-def]
+            out = []
+            for piece in stream:
+                out.append(piece)
+                yield piece
+            seen["answers"].append("".join(out))
+
+        return keep()
+
+    monkeypatch.setattr(LocalEngine, "generate", generate)
+    return seen
+
+
+def _decode(embd: np.ndarray, model: Path, codebook: list[int]) -> list[int]:
+    from models.probe import load_token_embeddings, nearest_tokens
+
+    return nearest_tokens(embd, load_token_embeddings(model, codebook), codebook)
+
+
+def test_probe_describe_recovers_the_sentence(gemma3_270m: Path, vision_probe: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str], record_media: dict) -> None:
+    from PIL import Image as PILImage
+
+    from models.probe import PAD_TOKEN, tokens_to_image
+
+    codebook = read_probe_codebook(vision_probe)
+    words = tokenize(gemma3_270m, "The quick brown fox jumps over the lazy dog.")
+    png = tmp_path / "fox.png"
+    PILImage.fromarray(tokens_to_image(words, codebook)).save(png)
+    assert run(["describe", "-m", str(gemma3_270m), "--mmproj", str(vision_probe), "-t", str(THREADS),
+                "-p", "Caption:", "--max-tokens", "8", str(png)]) == 0
+    answer = capsys.readouterr().out
+    parts, embds = record_media["parts"][0], record_media["embeddings"][0]
+    image = next(e for p, e in zip(parts, embds, strict=True) if isinstance(p, Image))
+    decoded = _decode(image, gemma3_270m, codebook)
+    assert decoded[: len(words)] == words  # word for word
+    assert set(decoded[len(words):]) <= {PAD_TOKEN}
+    # Image tokens attend both ways, so the continuation need not equal the text path's; it is
+    # recorded here for the issue note.
+    print(f"describe probe continuation: {answer!r}", file=sys.stderr)
+
+
+def test_probe_video_frames_and_audio_carry_words_at_their_times(
+        gemma3_270m: Path, av_probe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        record_media: dict) -> None:
+    import av
+
+    from models.probe import tokens_to_image
+
+    codebook = read_probe_codebook(av_probe)
+    seconds = [("Hello, world!", "0 1 2 3"), ("The quick brown fox jumps", "0 4 5 6"),
+               ("The capital of France is", "0 7 8 9 10")]
+    mp4 = tmp_path / "probe.mp4"
+    with av.open(str(mp4), "w") as out:
+        vs = out.add_stream("libx264", rate=1, options={"crf": "18"})
+        vs.width, vs.height, vs.pix_fmt = 480, 336, "yuv420p"
+        aus = out.add_stream("aac", rate=16000, layout="mono")
+        audio = np.zeros(16000 * len(seconds), dtype=np.float32)
+        for k, (shown, spoken) in enumerate(seconds):
+            img = tokens_to_image(tokenize(gemma3_270m, shown), codebook)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = k
+            for packet in vs.encode(frame):
+                out.mux(packet)
+            wave = tokens_to_waveform(tokenize(gemma3_270m, spoken), codebook)
+            audio[k * 16000:k * 16000 + wave.size] = wave
+        for packet in vs.encode():
+            out.mux(packet)
+        for i in range(0, audio.size, 1024):
+            af = av.AudioFrame.from_ndarray(audio[None, i:i + 1024], format="flt", layout="mono")
+            af.sample_rate, af.pts = 16000, i
+            for packet in aus.encode(af):
+                out.mux(packet)
+        for packet in aus.encode():
+            out.mux(packet)
+    assert run(["video", "-m", str(gemma3_270m), "--mmproj", str(av_probe), "-t", str(THREADS), "--no-cache",
+                "--max-tokens", "4", "-c", "2048", str(mp4)]) == 0
+    parts, embds = record_media["parts"][0], record_media["embeddings"][0]
+    label = None
+    found: dict[str, dict[str, list[int]]] = {}
+    for part, embd in zip(parts, embds, strict=True):
+        if isinstance(part, Text) and part.text.startswith("["):
+            label = part.text.strip()
+        elif embd is not None:
+            kind = "image" if isinstance(part, Image) else "audio"
+            found.setdefault(label or "", {})[kind] = _decode(embd, gemma3_270m, codebook)
+    for k, (shown, spoken) in enumerate(seconds):
+        at = found[f"[00:0{k}]"]
+        shown_ids, spoken_ids = tokenize(gemma3_270m, shown), tokenize(gemma3_270m, spoken)
+        assert at["image"][: len(shown_ids)] == shown_ids
+        assert at["audio"][: len(spoken_ids)] == spoken_ids
+
+
+def test_thinking_is_stripped_and_routed(tiny_engine: LocalEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Script the sampler to emit a thought channel then an answer: the answer stream never sees
+    the thought, which goes to on_thought (the CLI prints it dimmed on stderr)."""
+    import llama_cpp
+
+    eng = tiny_engine
+    assert eng._thought_open is not None and eng._thought_close is not None  # from the GGUF's vocabulary
+    think = eng.tokenize("hmm let me see", add_special=False, parse_special=False)
+    answer = eng.tokenize("final answer", add_special=False, parse_special=False)
+    eos = eng.tokenize("<turn|>", add_special=False, parse_special=True)
+    script = iter([eng._thought_open, *think, eng._thought_close, *answer, *eos])
+    monkeypatch.setattr(llama_cpp, "llama_sampler_sample", lambda *a: next(script))
+    thoughts: list[str] = []
+    out = "".join(eng.generate([Message.user("q")], GenerateOptions(max_tokens=50, think=True,
+                                                                     on_thought=thoughts.append)))
+    assert out == "final answer"
+    assert "".join(thoughts) == "hmm let me see"
+    assert eng.stats.stop_reason == "eog"

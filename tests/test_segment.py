@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+
 from gemmapipe.core.tasks.segment import FRAME, SAMPLE_RATE, SpeechClip, SpeechSegmenter, segment_speech
 
 SR = SAMPLE_RATE

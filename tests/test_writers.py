@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from gemmapipe.core.errors import UsageError
 from gemmapipe.core.results import Description, Segment, Transcript
 from gemmapipe.core.writers import (

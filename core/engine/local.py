@@ -297,6 +297,38 @@ class LocalEngine:
         if prep.chunks is not None:
             self._M.mtmd_input_chunks_free(prep.chunks)
 
+    def encode_media(self, part: Image | Audio) -> np.ndarray:
+        """The embeddings libmtmd makes of one image or audio part, (n_tokens, n_embd): exactly what the
+        model is fed for it. For inspection and tests; generation never needs it."""
+        import numpy as np
+
+        M = self._M
+        if self._mtmd is None:
+            raise ModelError("projector", "no projector loaded")
+        bmp = self._bitmap(part)
+        chunks = M.mtmd_input_chunks_init()
+        try:
+            inp = M.mtmd_input_text()
+            inp.text, inp.text_len = self.marker.encode(), len(self.marker.encode())
+            inp.add_special, inp.parse_special = False, True
+            arr = (M.mtmd_bitmap_p_ctypes * 1)(bmp)
+            if M.mtmd_tokenize(self._mtmd, chunks, ctypes.byref(inp), arr, 1) != 0:
+                raise GemmapipeError("media", "mtmd_tokenize failed")
+            for i in range(M.mtmd_input_chunks_size(chunks)):
+                chunk = M.mtmd_input_chunks_get(chunks, i)
+                if M.mtmd_input_chunk_get_type(chunk) == CHUNK_TEXT:
+                    continue
+                n = M.mtmd_input_chunk_get_n_tokens(chunk)
+                if M.mtmd_encode_chunk(self._mtmd, chunk) != 0:
+                    raise GemmapipeError("media", "mtmd_encode_chunk failed")
+                n_embd = self._L.llama_model_n_embd_inp(self._model)
+                ptr = M.mtmd_get_output_embd(self._mtmd)
+                return np.ctypeslib.as_array(ptr, shape=(n * n_embd,)).reshape(n, n_embd).copy()
+            raise GemmapipeError("media", "no media chunk produced")
+        finally:
+            M.mtmd_input_chunks_free(chunks)
+            M.mtmd_bitmap_free(bmp)
+
     def count_tokens(self, messages: list[Message], options: GenerateOptions) -> TokenCount:
         prep = self._prepare(messages, options)
         try:

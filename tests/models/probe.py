@@ -458,3 +458,30 @@ def image_to_codes(rgb: np.ndarray, n_codes: int) -> list[int]:
     z = _layer_norm(np.concatenate([_patch_vectors(p) for p in clean]), VISION_LN_EPS)
     x = _layer_norm(_patch_vectors(rgb), VISION_LN_EPS)
     return [int(i) for i in np.argmax(x @ z.T, axis=1)]
+
+
+def build_av_probe(out_dir: Path, vision_probe: Path | str, audio_probe: Path | str) -> Path:
+    """Write ``probe-av.gguf``: the vision and audio probes in one mmproj (what `video` needs), by
+    copying both projectors' tensors. Both must share a codebook (the default one does)."""
+    import gguf
+
+    def tensors(path: Path | str) -> dict[str, np.ndarray]:
+        reader = gguf.GGUFReader(str(path))
+        return {t.name: np.array(t.data, dtype=np.float32).reshape(tuple(reversed([int(d) for d in t.shape])))
+                for t in reader.tensors}
+
+    cb_v, cb_a = read_probe_codebook(vision_probe), read_probe_codebook(audio_probe)
+    if cb_v != cb_a:
+        raise ValueError("the two probes use different codebooks")
+    vision = tensors(vision_probe)
+    audio = tensors(audio_probe)
+    n_embd = vision["mm.input_projection.weight"].shape[0]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "probe-av.gguf"
+    write_gemma4_mmproj(
+        path, n_embd_text=n_embd, vision=vision, audio=audio, image_mean=IMAGE_MEAN, image_std=IMAGE_STD,
+        eps=VISION_RMS_EPS,
+        extra_kv={KEY_KIND: "av", KEY_TOKENS: [int(t) for t in cb_v], KEY_VERSION: BUILDER_VERSION},
+    )
+    return path

@@ -1,0 +1,70 @@
+"""A 3-hour input streams through segmentation and transcription in flat memory, and the last
+segment's timestamps are exact (sample counts, no accumulated drift)."""
+
+from __future__ import annotations
+
+import tracemalloc
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from gemmapipe.core.tasks import transcribe as tx
+
+from fake_engine import FakeEngine
+
+SR = 16000
+HOURS = 3
+
+
+@dataclass
+class Block:
+    offset: int
+    samples: np.ndarray
+
+
+def three_hours(bursts_s: list[float], burst_len: float = 2.0, block_s: int = 30) -> Iterator[Block]:
+    rng = np.random.default_rng(0)
+    noise = (10 ** (-70 / 20) * rng.standard_normal(block_s * SR)).astype(np.float32)
+    speech = (0.3 * rng.standard_normal(int(burst_len * SR))).astype(np.float32)
+    for offset in range(0, HOURS * 3600 * SR, block_s * SR):
+        block = noise.copy()
+        for b in bursts_s:
+            a = int(b * SR) - offset
+            if -speech.size < a < block.size:
+                lo, hi = max(a, 0), min(a + speech.size, block.size)
+                block[lo:hi] = speech[lo - a:hi - a]
+        yield Block(offset, block)
+
+
+@pytest.mark.slow
+def test_three_hours_flat_memory_exact_timestamps(monkeypatch: pytest.MonkeyPatch) -> None:
+    bursts = [10.0, 5400.0, 3 * 3600 - 60.0]  # 0:00:10, 1:30:00, 2:59:00
+    monkeypatch.setattr("gemmapipe.core.media.audio.iter_audio", lambda source, **kw: three_hours(bursts))
+    engine = FakeEngine(replies=["words"])
+
+    class Src:
+        name = "long.wav"
+
+    tracemalloc.start()
+    result = tx.transcribe(Src(), lambda: engine, tx.TranscribeOptions(), templated=lambda e: True)  # type: ignore[arg-type]
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert [round(s.start_ms / 1000) for s in result.segments] == [10, 5400, 10740]
+    last = result.segments[-1]
+    # within the VAD's 200 ms pad plus one 40 ms window of the true edges, at the end of 3 hours
+    assert abs(last.start_ms - 10_740_000) <= 240 and abs(last.end_ms - 10_742_000) <= 240
+    assert peak < 40 * 2**20, f"peak {peak / 2**20:.1f} MiB"  # a 3-hour float32 signal would be 690 MB
+    assert len(engine.requests) == 3  # silence never reached the model
+
+
+def test_segment_timestamps_come_from_sample_counts() -> None:
+    class Clip:
+        start, end = 10_742_000 * 16, 10_744_000 * 16 + 7  # ms * 16 = samples
+
+        samples = np.ones(32_007, dtype=np.float32)
+
+    seg = next(tx.iter_segments(iter([Clip()]), lambda: FakeEngine(replies=["x"]), tx.TranscribeOptions(),
+                                templated=lambda e: True))
+    assert (seg.start_ms, seg.end_ms) == (10_742_000, 10_744_000)
