@@ -3,6 +3,7 @@
 Only light modules are imported here: `--help` must not pay for numpy, av or llama_cpp.
 """
 
+import errno
 import os
 import sys
 from typing import Annotated
@@ -12,7 +13,7 @@ import typer
 from gemmapipe import __version__
 from gemmapipe.core.errors import EXIT_STATUS_HELP, ExitStatus, GemmapipeError
 
-from . import chat, describe, diarize, transcribe, video
+from . import chat, describe, diarize, models, transcribe, video
 
 EPILOG = "Exit status: " + "; ".join(f"{int(code)} {text}" for code, text in EXIT_STATUS_HELP.items()) + "."
 
@@ -32,6 +33,7 @@ app.command("diarize", epilog=EPILOG, help="Who spoke when (and what).")(diarize
 app.command("describe", epilog=EPILOG, help="Image understanding: describe or answer about images.")(describe.command)
 app.command("video", epilog=EPILOG, help="Frames at 1 FPS plus audio, in one model call.")(video.command)
 app.command("chat", epilog=EPILOG, help="One-shot or interactive chat, with -a attachments.")(chat.command)
+app.add_typer(models.app, name="models", epilog=EPILOG)
 
 
 def _version(value: bool) -> None:
@@ -108,6 +110,9 @@ def run(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if traceback:
             raise
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO):
+            error_line("output", f"cannot write: {exc.strerror or exc}")  # stdout on a full disk
+            return ExitStatus.ERROR
         error_line("internal", f"{type(exc).__name__}: {exc}",
                    "this is a bug; rerun with --traceback and report it")
         return ExitStatus.ERROR
@@ -117,10 +122,25 @@ def main() -> None:
     from .signals import install_signal_handlers
 
     install_signal_handlers()
-    code = run()
     try:
+        code = run()
         sys.stdout.flush()
     except BrokenPipeError:
         quiet_broken_pipe()
-        code = code or 141
+        code = 141
+    except KeyboardInterrupt:  # arrived between the command's own handling and here
+        code = ExitStatus.INTERRUPTED
+    finally:
+        from gemmapipe.core.sink import remove_temp_files
+
+        remove_temp_files()
+    if code == ExitStatus.INTERRUPTED:
+        # Everything is cleaned up. Leave now: an interrupt that was already handled can still make
+        # the interpreter re-raise SIGINT on its way out (seen as status -2 instead of 130).
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
     sys.exit(code)

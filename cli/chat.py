@@ -70,8 +70,9 @@ def command(
     if system:
         convo.system = system
     thoughts = _thought_printer(common) if think else None
-    grammar = schema_to_grammar(load_schema(schema)) if schema else None
-    options = runner.generate_options(2048, think=think, on_thought=thoughts, grammar=grammar)
+    json_schema = load_schema(schema) if schema else None
+    grammar = schema_to_grammar(json_schema) if json_schema else None
+    options = runner.generate_options(2048, think=think, on_thought=thoughts, grammar=grammar, json_schema=json_schema)
     n_ctx = max(4096, 1 << (media_tokens(parts) + options.max_tokens + 1024).bit_length())
 
     def engine() -> Any:

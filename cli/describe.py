@@ -5,8 +5,19 @@ from typing import Annotated, Any
 
 import typer
 
-from .options import DRY_RUN, FAIL_FAST, OUTPUT_DIR, OUTPUT_PANEL, Common, input_args, with_common
-from .runner import Runner, ensure_output_dir, output_path_for
+from .options import (
+    DRY_RUN,
+    ERRORS_AS_RECORDS,
+    FAIL_FAST,
+    FILES_FROM,
+    OUTPUT_DIR,
+    OUTPUT_PANEL,
+    SKIP_EXISTING,
+    Common,
+    input_args,
+    with_common,
+)
+from .runner import Runner, ensure_output_dir, output_path_for, read_files_from
 from .transcribe import dry_run_plans
 
 FORMATS = ["txt", "json", "jsonl"]
@@ -14,7 +25,7 @@ FORMATS = ["txt", "json", "jsonl"]
 
 @with_common
 def command(
-    inputs: Annotated[list[str], input_args("Image files (any Pillow format), or - for stdin.")],
+    inputs: Annotated[list[str] | None, input_args("Image files (any Pillow format), or - for stdin.")] = None,
     prompt: Annotated[str | None, typer.Option("-p", "--prompt", show_default=False,
                                                help="What to ask (default: a concise description).")] = None,
     schema: Annotated[str | None, typer.Option("--schema", show_default=False,
@@ -28,11 +39,15 @@ def command(
     output_dir: Annotated[Path | None, OUTPUT_DIR] = None,
     dry_run: Annotated[bool, DRY_RUN] = False,
     fail_fast: Annotated[bool, FAIL_FAST] = False,
+    files_from: Annotated[str | None, FILES_FROM] = None,
+    skip_existing: Annotated[bool, SKIP_EXISTING] = False,
+    errors_as_records: Annotated[bool, ERRORS_AS_RECORDS] = False,
     *,
     common: Common,
 ) -> int:
     from gemmapipe.core.errors import UsageError
 
+    inputs = [*(inputs or []), *read_files_from(files_from)]
     if fmt is not None and fmt not in FORMATS:
         raise UsageError("--format", f"unknown format {fmt!r}", f"choose one of {', '.join(FORMATS)}")
     runner = Runner(common, needs={"vision"}, command="describe")
@@ -57,14 +72,19 @@ def command(
             if src.kind != "image":
                 hint = "use `gemmapipe video`" if src.kind == "video" else "use `gemmapipe transcribe`"
                 raise _bad_input(src.name, f"is {src.kind}, not an image", hint)
-            writer.write(describe(src, engine_for, options))
+            with runner.ordered_output(writer) as out:  # under -j: held until earlier inputs are written
+                out.write(describe(src, engine_for, options))
 
     try:
         if output_dir is not None:
             ensure_output_dir(output_dir)
 
             def to_file(spec: str) -> None:
-                with open_sink(output_path_for(output_dir, spec, fmt)) as out:
+                target = output_path_for(output_dir, spec, fmt)
+                if skip_existing and target.exists():
+                    runner.info(f"{target} exists: skipped")
+                    return
+                with open_sink(target) as out:
                     writer = get_description_writer(fmt, out)
                     one(spec, writer)
                     writer.close()
@@ -72,8 +92,9 @@ def command(
             return runner.each_input(inputs, to_file, fail_fast=fail_fast)
         with open_sink(common.output) as out:
             writer = get_description_writer(fmt, out, with_file=several)
+            on_error = (lambda spec, exc: writer.error(spec, exc.reason)) if errors_as_records else None
             try:
-                return runner.each_input(inputs, lambda s: one(s, writer), fail_fast=fail_fast)
+                return runner.each_input(inputs, lambda s: one(s, writer), fail_fast=fail_fast, on_error=on_error)
             finally:
                 writer.close()
     finally:

@@ -6,8 +6,19 @@ from typing import Annotated, Any
 
 import typer
 
-from .options import DRY_RUN, FAIL_FAST, OUTPUT_DIR, OUTPUT_PANEL, Common, input_args, with_common
-from .runner import Runner
+from .options import (
+    DRY_RUN,
+    ERRORS_AS_RECORDS,
+    FAIL_FAST,
+    FILES_FROM,
+    OUTPUT_DIR,
+    OUTPUT_PANEL,
+    SKIP_EXISTING,
+    Common,
+    input_args,
+    with_common,
+)
+from .runner import Runner, read_files_from
 from .transcribe import dry_run_plans, run_segments
 
 FORMATS = ["txt", "rttm", "srt", "vtt", "json", "jsonl"]
@@ -15,7 +26,7 @@ FORMATS = ["txt", "rttm", "srt", "vtt", "json", "jsonl"]
 
 @with_common
 def command(
-    inputs: Annotated[list[str], input_args("Audio or video files, or - for stdin.")],
+    inputs: Annotated[list[str] | None, input_args("Audio or video files, or - for stdin.")] = None,
     fmt: Annotated[str | None, typer.Option("-f", "--format", rich_help_panel=OUTPUT_PANEL, show_default=False,
                                             help=f"Output format: {', '.join(FORMATS)} (default: txt).")] = None,
     speakers: Annotated[int | None, typer.Option("--speakers", min=1, show_default=False,
@@ -34,12 +45,16 @@ def command(
     output_dir: Annotated[Path | None, OUTPUT_DIR] = None,
     dry_run: Annotated[bool, DRY_RUN] = False,
     fail_fast: Annotated[bool, FAIL_FAST] = False,
+    files_from: Annotated[str | None, FILES_FROM] = None,
+    skip_existing: Annotated[bool, SKIP_EXISTING] = False,
+    errors_as_records: Annotated[bool, ERRORS_AS_RECORDS] = False,
     *,
     common: Common,
 ) -> int:
     from gemmapipe.core.errors import UsageError
     from gemmapipe.core.timefmt import parse_time_ms
 
+    inputs = [*(inputs or []), *read_files_from(files_from)]
     if fmt is not None and fmt not in FORMATS:
         raise UsageError("--format", f"unknown format {fmt!r}", f"choose one of {', '.join(FORMATS)}")
     start_ms, end_ms = parse_time_ms(start, what="--start"), parse_time_ms(end, what="--end")
@@ -72,4 +87,5 @@ def command(
         return result
 
     return run_segments(inputs, runner=runner, fmt=fmt, output_dir=output_dir, fail_fast=fail_fast,
-                        task=task, meta={"task": "diarize"})
+                        task=task, meta={"task": "diarize"}, skip_existing=skip_existing,
+                        errors_as_records=errors_as_records)

@@ -11,6 +11,7 @@ import typer
 
 MODEL_PANEL = "Model"
 OUTPUT_PANEL = "Output"
+SERVER_PANEL = "Server"
 
 
 @dataclass
@@ -31,6 +32,12 @@ class Common:
     verbose: bool = False
     no_progress: bool = False
     traceback: bool = False
+    server: str | None = None
+    api_key: str | None = None
+    server_model: str | None = None
+    timeout: float = 600.0
+    retries: int = 4
+    jobs: int = 1
 
 
 # name -> (annotation, default); the annotation carries the typer.Option.
@@ -79,6 +86,26 @@ _SPEC: dict[str, tuple[Any, Any]] = {
     "traceback": (Annotated[bool, typer.Option(
         "--traceback", rich_help_panel=OUTPUT_PANEL,
         help="Show a traceback on errors. (or GEMMAPIPE_TRACEBACK=1)")], False),
+    "server": (Annotated[str | None, typer.Option(
+        "--server", envvar="GEMMAPIPE_SERVER", rich_help_panel=SERVER_PANEL, show_default=False, metavar="URL",
+        help="Send requests to this OpenAI-compatible server (llama-server, vLLM, SGLang, litert-lm serve) "
+             "instead of loading a GGUF.")], None),
+    "api_key": (Annotated[str | None, typer.Option(
+        "--api-key", envvar="GEMMAPIPE_API_KEY", rich_help_panel=SERVER_PANEL, show_default=False,
+        help="Bearer token for --server.")], None),
+    "server_model": (Annotated[str | None, typer.Option(
+        "--server-model", envvar="GEMMAPIPE_SERVER_MODEL", rich_help_panel=SERVER_PANEL, show_default=False,
+        metavar="NAME", help="Model name to ask --server for (default: the first it lists).")], None),
+    "timeout": (Annotated[float, typer.Option(
+        "--timeout", min=1.0, rich_help_panel=SERVER_PANEL, metavar="SECONDS",
+        help="Give up when --server stays silent this long.")], 600.0),
+    "retries": (Annotated[int, typer.Option(
+        "--retries", min=0, rich_help_panel=SERVER_PANEL,
+        help="Retries (with backoff) when --server is unreachable or answers 429/5xx.")], 4),
+    "jobs": (Annotated[int, typer.Option(
+        "-j", "--jobs", min=1, rich_help_panel=SERVER_PANEL,
+        help="Requests to --server at once: inputs of a batch (and clips of a transcript); output order "
+             "is kept.")], 1),
 }
 assert set(_SPEC) == {f.name for f in fields(Common)}
 
@@ -118,3 +145,9 @@ DRY_RUN = typer.Option("--dry-run", help="Print the plan (tokens, frames, memory
 OUTPUT_DIR = typer.Option("--output-dir", rich_help_panel=OUTPUT_PANEL, show_default=False,
                           help="Write <stem>.<ext> per input into this directory.")
 FAIL_FAST = typer.Option("--fail-fast", help="Stop at the first input that fails.")
+FILES_FROM = typer.Option("--files-from", show_default=False, metavar="FILE",
+                          help="Read more inputs from FILE (- = stdin), one per line or NUL-separated.")
+SKIP_EXISTING = typer.Option("--skip-existing", rich_help_panel=OUTPUT_PANEL,
+                             help="With --output-dir: skip inputs whose output file exists (re-runnable).")
+ERRORS_AS_RECORDS = typer.Option("--errors-as-records", rich_help_panel=OUTPUT_PANEL,
+                                 help='With jsonl: write {"file": ..., "error": ...} for failed inputs.')

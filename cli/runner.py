@@ -4,6 +4,7 @@ keep going past a bad input, and pick the exit status."""
 import contextlib
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +29,9 @@ class Runner:
         self._pair: Any = None
         self.failed = 0
         self.succeeded = 0
+        self._lock = threading.RLock()  # engine and model are shared by the -j workers
+        self._turns: _Turns | None = None  # set while a batch runs concurrently
+        self._tls = threading.local()  # .index: the input a worker thread is on
 
     # --- stderr reporting -------------------------------------------------------------------------
     def info(self, message: str) -> None:
@@ -44,7 +48,7 @@ class Runner:
             sys.stderr.write(f"gemmapipe: hint: {exc.hint}\n")
 
     def show_progress(self) -> bool:
-        return not (self.common.quiet or self.common.no_progress) and sys.stderr.isatty()
+        return not (self.common.quiet or self.common.no_progress) and sys.stderr.isatty() and self._turns is None
 
     @contextlib.contextmanager
     def progress(self, description: str, total: float | None) -> Iterator[Callable[[float], None]]:
@@ -62,14 +66,53 @@ class Runner:
 
     # --- model --------------------------------------------------------------------------------------
     def model_pair(self) -> Any:
-        if self._pair is None:
-            from gemmapipe.core.model import resolve
+        if self.common.server:
+            return None  # the server has its own model: nothing to find or check here
+        with self._lock:
+            if self._pair is None:
+                from gemmapipe.core.model import resolve
 
-            self._pair = resolve(self.common.model, self.common.mmproj, needs=self.needs)
-        return self._pair
+                model = self.common.model
+                if model is None or str(model) == "":
+                    from .models import default_or_offer
+
+                    model = default_or_offer(quiet=self.common.quiet)  # or exit 4 with the command to run
+                self._pair = resolve(model, self.common.mmproj, needs=self.needs)
+            return self._pair
+
+    @property
+    def jobs(self) -> int:
+        """Requests at once: -j with a server; a local model runs one request at a time."""
+        if self.common.jobs > 1 and not self.common.server:
+            if not getattr(self, "_warned_jobs", False):
+                self._warned_jobs = True
+                self.warn("-j/--jobs needs --server (a local model answers one request at a time); ignored")
+            return 1
+        return max(1, self.common.jobs)
+
+    def remote_engine(self, n_ctx: int) -> Any:
+        from gemmapipe.core.engine.remote import RemoteConfig, RemoteEngine
+
+        c = self.common
+        if c.no_template:
+            raise UsageError("--no-template", "cannot be used with --server", "the server applies the chat template")
+        config = RemoteConfig(url=c.server or "", api_key=c.api_key, model=c.server_model, timeout=c.timeout,
+                              retries=c.retries, max_concurrency=self.jobs, verbose=c.verbose,
+                              log=self.warn if not c.quiet else None)
+        engine = RemoteEngine(config, n_ctx=n_ctx)
+        self.info(f"server {engine.url}, model {engine.model or '(server default)'}")
+        return engine
 
     def engine(self, *, n_ctx: int, image_tokens: tuple[int, int] | None = None, swa_full: bool = False) -> Any:
         """The engine, loaded once per invocation (reloaded only if a later input needs a bigger one)."""
+        with self._lock:
+            if self.common.server:  # one client for the whole run; the server sizes its own context
+                if self._engine is None:
+                    self._engine = self.remote_engine(self.common.ctx_size or n_ctx)
+                return self._engine
+            return self._local_engine(n_ctx=n_ctx, image_tokens=image_tokens, swa_full=swa_full)
+
+    def _local_engine(self, *, n_ctx: int, image_tokens: tuple[int, int] | None, swa_full: bool) -> Any:
         lo, hi = image_tokens or (0, 0)
         ctx = self.common.ctx_size or n_ctx
         key = (ctx, lo, hi)
@@ -89,6 +132,7 @@ class Runner:
                               flash_attn=c.flash_attn, cache_type=c.cache_type, no_template=c.no_template,
                               swa_full=swa_full, verbose=c.verbose)
         self.info(f"loading {config.model.name} (n_ctx {ctx})")
+        self.check_memory(pair, ctx, swa_full=swa_full)
         if ENGINE_FACTORY is not None:
             self._engine = ENGINE_FACTORY(config, pair, n_ctx=ctx, max_image_tokens=hi)
         else:
@@ -97,6 +141,15 @@ class Runner:
             self._engine = LocalEngine(config, pair, n_ctx=ctx, max_image_tokens=hi)
         self._engine_key = key
         return self._engine
+
+    def check_memory(self, pair: Any, n_ctx: int, *, swa_full: bool = False) -> None:
+        """On the CPU, weights and KV cache live in RAM: refuse, with numbers, before loading."""
+        from gemmapipe.core import memory
+
+        if self.common.gpu_layers != 0 and _gpu_offload():
+            return  # device memory is not ours to read portably; llama.cpp reports failures itself
+        est = memory.estimate(pair.model, pair.mmproj, n_ctx, cache_type=self.common.cache_type, swa_full=swa_full)
+        memory.check_fits(est, memory.available_memory())
 
     def generate_options(self, default_max_tokens: int, **overrides: Any) -> Any:
         from gemmapipe.core.engine.base import GenerateOptions
@@ -114,7 +167,8 @@ class Runner:
             self._engine = None
 
     # --- batches ------------------------------------------------------------------------------------
-    def each_input(self, inputs: list[str], work: Callable[[str], None], *, fail_fast: bool = False) -> int:
+    def each_input(self, inputs: list[str], work: Callable[[str], None], *, fail_fast: bool = False,
+                   on_error: Callable[[str, GemmapipeError], None] | None = None) -> int:
         """Run `work` per input. One input: its error propagates (its own exit status). Several:
         a bad input is reported and the rest go on; model problems stop the batch."""
         if not inputs:
@@ -125,21 +179,174 @@ class Runner:
             work(inputs[0])
             self.succeeded += 1
             return ExitStatus.OK
+        if self.jobs > 1:
+            return self._each_concurrently(inputs, work, fail_fast=fail_fast, on_error=on_error)
         for spec in inputs:
             try:
                 work(spec)
                 self.succeeded += 1
             except (BadInput, GemmapipeError) as exc:
-                if exc.exit_status in (ExitStatus.MODEL, ExitStatus.USAGE):
+                if exc.exit_status in (ExitStatus.MODEL, ExitStatus.USAGE) or getattr(exc, "batch_fatal", False):
                     raise
                 self.failed += 1
                 self.error(exc)
+                if on_error is not None:
+                    on_error(spec, exc)
                 if fail_fast:
                     break
         if self.failed:
             raise BatchFailed("batch", f"{self.failed} of {len(inputs)} inputs failed",
                               None if not fail_fast else "stopped at the first failure (--fail-fast)")
         return ExitStatus.OK
+
+    def _each_concurrently(self, inputs: list[str], work: Callable[[str], None], *, fail_fast: bool,
+                           on_error: Callable[[str, GemmapipeError], None] | None) -> int:
+        """each_input with -j N: N worker threads take the inputs in order; what each writes inside
+        `ordered_output` is held back until every earlier input is written (or has failed), and errors
+        are reported here, in input order, exactly as the sequential loop does."""
+        turns = _Turns(len(inputs))
+        self._turns = turns
+
+        def worker() -> None:
+            while (i := turns.take()) is not None:
+                self._tls.index = i
+                try:
+                    work(inputs[i])
+                except BaseException as exc:  # handed to the main thread, which decides
+                    turns.outcome[i] = exc
+                finally:
+                    self._tls.index = None
+                    turns.done[i].set()
+
+        threads = [threading.Thread(target=worker, name=f"gemmapipe-input-{n}", daemon=True)
+                   for n in range(min(self.jobs, len(inputs)))]
+        for t in threads:
+            t.start()
+        interrupted = False
+        try:
+            for i, spec in enumerate(inputs):
+                turns.grant(i)
+                while not turns.done[i].wait(0.5):  # a timeout keeps Ctrl-C responsive
+                    pass
+                exc = turns.outcome[i]
+                if exc is None:
+                    self.succeeded += 1
+                    continue
+                if not isinstance(exc, GemmapipeError) or exc.exit_status in (ExitStatus.MODEL, ExitStatus.USAGE) \
+                        or getattr(exc, "batch_fatal", False):
+                    raise exc
+                self.failed += 1
+                self.error(exc)
+                if on_error is not None:
+                    on_error(spec, exc)
+                if fail_fast:
+                    break
+        except KeyboardInterrupt:
+            interrupted = True  # leave the (daemon) workers behind: the process is ending
+            raise
+        finally:
+            turns.stop()  # unblock workers waiting for a turn; unstarted inputs are skipped
+            if not interrupted:
+                for t in threads:  # inputs already started finish (their output is dropped)
+                    t.join()
+            self._turns = None
+        if self.failed:
+            raise BatchFailed("batch", f"{self.failed} of {len(inputs)} inputs failed",
+                              None if not fail_fast else "stopped at the first failure (--fail-fast)")
+        return ExitStatus.OK
+
+    @contextlib.contextmanager
+    def ordered_output(self, writer: T) -> Iterator[T]:
+        """Wrap the writes of one input. Sequential runs write through. Under -j the calls are
+        recorded and replayed into `writer` once this input's turn comes, so the output is in input
+        order and an input that fails writes nothing."""
+        turns, index = self._turns, getattr(self._tls, "index", None)
+        if turns is None or index is None:
+            yield writer
+            return
+        recorder = _Recorder()
+        yield recorder  # type: ignore[misc]
+        turns.wait_turn(index)
+        recorder.replay(writer)
+
+
+class _Turns:
+    """Bookkeeping of a concurrent batch: which input is next to start, whose turn it is to write."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.next = 0
+        self.turn = -1
+        self.stopped = False
+        self.cond = threading.Condition()
+        self.done = [threading.Event() for _ in range(n)]
+        self.outcome: list[BaseException | None] = [None] * n
+
+    def take(self) -> int | None:
+        with self.cond:
+            if self.stopped or self.next >= self.n:
+                return None
+            self.next += 1
+            return self.next - 1
+
+    def grant(self, i: int) -> None:
+        with self.cond:
+            self.turn = i
+            self.cond.notify_all()
+
+    def wait_turn(self, i: int) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: self.turn == i or self.stopped)
+            if self.turn != i:
+                raise _Cancelled()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify_all()
+
+
+class _Cancelled(Exception):
+    """The batch ended (an error, --fail-fast, Ctrl-C) before this input's turn to write."""
+
+
+class _Recorder:
+    """Stands in for a writer: records method calls to replay them later, in order."""
+
+    def __init__(self) -> None:
+        self._calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        if name.startswith("__"):
+            raise AttributeError(name)
+
+        def record(*args: Any, **kwargs: Any) -> None:
+            self._calls.append((name, args, kwargs))
+
+        return record
+
+    def replay(self, writer: Any) -> None:
+        for name, args, kwargs in self._calls:
+            getattr(writer, name)(*args, **kwargs)
+
+
+def _gpu_offload() -> bool:
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def read_files_from(source: str | None) -> list[str]:
+    """Inputs listed in a file (or - for stdin): NUL-separated if it contains a NUL, else one per line."""
+    if source is None:
+        return []
+    try:
+        data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--files-from {source}", exc.strerror or str(exc)) from None
+    sep = b"\0" if b"\0" in data else b"\n"
+    names = [n.decode("utf-8", "surrogateescape") for n in data.split(sep)]
+    return [n.rstrip("\r") if sep == b"\n" else n for n in names if n.strip()]
 
 
 def output_path_for(output_dir: Path, spec: str, ext: str) -> Path:

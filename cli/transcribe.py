@@ -6,8 +6,19 @@ from typing import Annotated, Any
 
 import typer
 
-from .options import DRY_RUN, FAIL_FAST, OUTPUT_DIR, OUTPUT_PANEL, Common, input_args, with_common
-from .runner import Runner, ensure_output_dir, output_path_for
+from .options import (
+    DRY_RUN,
+    ERRORS_AS_RECORDS,
+    FAIL_FAST,
+    FILES_FROM,
+    OUTPUT_DIR,
+    OUTPUT_PANEL,
+    SKIP_EXISTING,
+    Common,
+    input_args,
+    with_common,
+)
+from .runner import Runner, ensure_output_dir, output_path_for, read_files_from
 
 FORMATS = ["txt", "srt", "vtt", "json", "jsonl", "tsv"]
 
@@ -15,21 +26,45 @@ FORMATS = ["txt", "srt", "vtt", "json", "jsonl", "tsv"]
 def dry_run_plans(inputs: list[str], runner: Runner, **plan_kw: Any) -> int:
     """Print the plan of each input as JSON (one object per line for several) and load no model."""
     import json
-    import sys
 
     from gemmapipe.core.media.source import open_input
     from gemmapipe.core.plan import plan_input
+    from gemmapipe.core.sink import open_sink
 
-    def one(spec: str) -> None:
+    def one(spec: str, out: Any) -> None:
         with open_input(spec) as src:
             plan = plan_input(src, **plan_kw)
-        sys.stdout.write(json.dumps(plan, ensure_ascii=False) + "\n")
+        memory = plan_memory(runner, int(plan.get("tokens", {}).get("total", 0)))
+        if memory:
+            plan["memory"] = memory
+        out.write(json.dumps(plan, ensure_ascii=False) + "\n")
 
-    return runner.each_input(inputs, one)
+    with open_sink(runner.common.output) as out:
+        return runner.each_input(inputs, lambda spec: one(spec, out))
+
+
+def plan_memory(runner: Runner, media_tokens: int) -> dict[str, Any] | None:
+    """KV and weight memory for the plan, when a model is configured (read from its header only)."""
+    from gemmapipe.core import memory
+    from gemmapipe.core.errors import GemmapipeError
+
+    if runner.common.model is None or runner.common.server:
+        return None
+    try:
+        pair = runner.model_pair()
+    except GemmapipeError as exc:
+        return {"error": f"{exc.subject}: {exc.reason}"}
+    c = runner.common
+    need = media_tokens + (c.max_tokens or 512) + 512
+    n_ctx = c.ctx_size or max(2048, 1 << (need - 1).bit_length())
+    est: dict[str, Any] = dict(memory.estimate(pair.model, pair.mmproj, n_ctx, cache_type=c.cache_type))
+    est["available_bytes"] = memory.available_memory()
+    return est
 
 
 def run_segments(inputs: list[str], *, runner: Runner, fmt: str | None, output_dir: Path | None,
-                 fail_fast: bool, task: Callable[..., Any], meta: dict[str, Any]) -> int:
+                 fail_fast: bool, task: Callable[..., Any], meta: dict[str, Any], skip_existing: bool = False,
+                 errors_as_records: bool = False) -> int:
     """Shared by transcribe and diarize: one writer per stream (or per file with --output-dir)."""
     from gemmapipe.core.media.source import open_input
     from gemmapipe.core.sink import open_sink
@@ -41,21 +76,26 @@ def run_segments(inputs: list[str], *, runner: Runner, fmt: str | None, output_d
     fmt = fmt or ("jsonl" if several and output_dir is None else "txt")
 
     def process(spec: str, writer: Any) -> None:
-        with open_input(spec) as src:
+        # under -j, what an input writes is held until earlier inputs are written
+        with open_input(spec) as src, runner.ordered_output(writer) as out:
             info: dict[str, Any] = dict(meta)
-            writer.begin(src.name, info)
+            out.begin(src.name, info)
             with runner.progress(src.name, None) as advance:
-                result = task(src, on_segment=writer.segment, on_progress=lambda s: advance(s / 16000))
+                result = task(src, on_segment=out.segment, on_progress=lambda s: advance(s / 16000))
             info.update(result.meta)
             info.update(runner_meta(runner))
-            writer.end(src.name, info)
+            out.end(src.name, info)
 
     try:
         if output_dir is not None:
             ensure_output_dir(output_dir)
 
             def to_file(spec: str) -> None:
-                with open_sink(output_path_for(output_dir, spec, fmt)) as out:
+                target = output_path_for(output_dir, spec, fmt)
+                if skip_existing and target.exists():
+                    runner.info(f"{target} exists: skipped")
+                    return
+                with open_sink(target) as out:
                     writer = get_writer(fmt, out)
                     process(spec, writer)
                     writer.close()
@@ -63,8 +103,10 @@ def run_segments(inputs: list[str], *, runner: Runner, fmt: str | None, output_d
             return runner.each_input(inputs, to_file, fail_fast=fail_fast)
         with open_sink(common.output) as out:
             writer = get_writer(fmt, out, with_file=several)
+            on_error = (lambda spec, exc: writer.error(spec, exc.reason)) if errors_as_records else None
             try:
-                return runner.each_input(inputs, lambda spec: process(spec, writer), fail_fast=fail_fast)
+                return runner.each_input(inputs, lambda spec: process(spec, writer), fail_fast=fail_fast,
+                                         on_error=on_error)
             finally:
                 writer.close()
     finally:
@@ -79,8 +121,8 @@ def runner_meta(runner: Runner) -> dict[str, Any]:
     from gemmapipe.core.model import file_sha256
 
     desc = dict(engine.describe())
-    model = Path(desc["model"])
-    desc["model_sha256"] = file_sha256(model)[:16]
+    if desc.get("server") is None:  # a server's model is not a file here
+        desc["model_sha256"] = file_sha256(Path(desc["model"]))[:16]
     c = runner.common
     desc["parameters"] = {"temperature": c.temperature, "seed": c.seed, "max_tokens": c.max_tokens}
     return {"model": desc}
@@ -88,7 +130,7 @@ def runner_meta(runner: Runner) -> dict[str, Any]:
 
 @with_common
 def command(
-    inputs: Annotated[list[str], input_args("Audio or video files, or - for stdin.")],
+    inputs: Annotated[list[str] | None, input_args("Audio or video files, or - for stdin.")] = None,
     fmt: Annotated[str | None, typer.Option("-f", "--format", rich_help_panel=OUTPUT_PANEL,
                                             help=f"Output format: {', '.join(FORMATS)} (default: txt; jsonl for "
                                                  "several inputs to one stream).", show_default=False)] = None,
@@ -102,12 +144,16 @@ def command(
     output_dir: Annotated[Path | None, OUTPUT_DIR] = None,
     dry_run: Annotated[bool, DRY_RUN] = False,
     fail_fast: Annotated[bool, FAIL_FAST] = False,
+    files_from: Annotated[str | None, FILES_FROM] = None,
+    skip_existing: Annotated[bool, SKIP_EXISTING] = False,
+    errors_as_records: Annotated[bool, ERRORS_AS_RECORDS] = False,
     *,
     common: Common,
 ) -> int:
     from gemmapipe.core.errors import UsageError
     from gemmapipe.core.timefmt import parse_time_ms
 
+    inputs = [*(inputs or []), *read_files_from(files_from)]
     if fmt is not None and fmt not in FORMATS:
         raise UsageError("--format", f"unknown format {fmt!r}", f"choose one of {', '.join(FORMATS)}")
     start_ms, end_ms = parse_time_ms(start, what="--start"), parse_time_ms(end, what="--end")
@@ -118,7 +164,7 @@ def command(
     from gemmapipe.core.tasks.transcribe import TranscribeOptions, n_ctx_for, transcribe
 
     options = TranscribeOptions(language=language, prompt=prompt, start_ms=start_ms, end_ms=end_ms,
-                                generate=runner.generate_options(320))
+                                generate=runner.generate_options(320), jobs=runner.jobs)
     engine_for = lambda: runner.engine(n_ctx=n_ctx_for(options))  # noqa: E731
     templated = lambda engine: bool(getattr(engine, "template", None))  # noqa: E731
 
@@ -127,4 +173,4 @@ def command(
 
     meta = {"task": "transcribe", "language": language}
     return run_segments(inputs, runner=runner, fmt=fmt, output_dir=output_dir, fail_fast=fail_fast,
-                        task=task, meta=meta)
+                        task=task, meta=meta, skip_existing=skip_existing, errors_as_records=errors_as_records)

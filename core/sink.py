@@ -3,6 +3,7 @@ so a crash or Ctrl-C never leaves a complete-looking partial file."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import sys
@@ -12,6 +13,20 @@ from pathlib import Path
 from typing import TextIO
 
 from .errors import GemmapipeError
+
+
+# Temporary files being written. A signal can land anywhere, even between mkstemp and the `try`
+# that would remove its file; whatever is left here when the process ends is removed then.
+_ACTIVE: set[str] = set()
+
+
+def remove_temp_files() -> None:
+    for path in list(_ACTIVE):
+        _unlink_quietly(path)
+    _ACTIVE.clear()
+
+
+atexit.register(remove_temp_files)
 
 
 @contextlib.contextmanager
@@ -24,6 +39,7 @@ def open_sink(target: str | Path | None) -> Iterator[TextIO]:
     directory = path.parent if str(path.parent) else Path(".")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=directory)
+        _ACTIVE.add(tmp)
     except OSError as exc:
         raise GemmapipeError(f"output {path}", f"cannot write: {exc.strerror or exc}") from None
     try:
@@ -32,6 +48,7 @@ def open_sink(target: str | Path | None) -> Iterator[TextIO]:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        _ACTIVE.discard(tmp)
     except OSError as exc:
         _unlink_quietly(tmp)
         raise GemmapipeError(f"output {path}", f"cannot write: {exc.strerror or exc}") from None
@@ -43,3 +60,4 @@ def open_sink(target: str | Path | None) -> Iterator[TextIO]:
 def _unlink_quietly(path: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
+    _ACTIVE.discard(path)
