@@ -14,7 +14,6 @@ from typing import TextIO
 
 from .errors import GemmapipeError
 
-
 # Temporary files being written. A signal can land anywhere, even between mkstemp and the `try`
 # that would remove its file; whatever is left here when the process ends is removed then.
 _ACTIVE: set[str] = set()

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fake_engine import fake_engine  # noqa: F401  (fixture)
-from gguf_factory import write_mmproj, write_text_model
-from media_factory import write_tone
 
 from gemmapipe.cli.app import run
 from gemmapipe.core.errors import ExitStatus
+
+from fake_engine import fake_engine  # noqa: F401  (fixture)
+from gguf_factory import write_mmproj, write_text_model
+from media_factory import write_tone
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,172 @@
+"""Fuzzing the media layer and --dry-run with mutated media: only clean errors (BadInput, exit 3) or
+success, never a crash, a hang or a traceback.
+
+Used by tests/test_fuzz.py (a short run in CI) and runnable alone for a long run:
+
+    python tests/fuzzing.py --minutes 10 [--seed N]
+
+A long run prints how many inputs it tried; any input that fails the contract is saved under
+tests/fuzz_corpus/ and replayed by the tests from then on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import random
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+
+CORPUS = Path(__file__).parent / "fuzz_corpus"
+PER_INPUT_TIMEOUT_S = 10
+
+
+def seeds(directory: Path) -> list[Path]:
+    """Small valid media of every kind we take, written with PyAV, numpy and Pillow."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from media_factory import write_image, write_tone, write_video
+
+    directory.mkdir(parents=True, exist_ok=True)
+    out = [
+        write_tone(directory / "a.wav", "wav", seconds=0.3),
+        write_tone(directory / "a.mp3", "mp3", seconds=0.3),
+        write_tone(directory / "a.ogg", "ogg", seconds=0.3),
+        write_tone(directory / "a.flac", "flac", seconds=0.3),
+        write_video(directory / "v.mp4", seconds=1.0, fps=5, with_audio=True),
+        write_image(directory / "i.png", size=(64, 48)),
+        write_image(directory / "i.jpg", size=(64, 48), fmt="JPEG"),
+    ]
+    return [Path(p) for p in out]
+
+
+def mutate(data: bytes, rng: random.Random) -> bytes:
+    b = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        op = rng.randrange(6)
+        if not b:
+            break
+        i = rng.randrange(len(b))
+        if op == 0:  # flip bytes
+            for _ in range(rng.randint(1, 16)):
+                b[rng.randrange(len(b))] = rng.randrange(256)
+        elif op == 1:  # truncate
+            del b[i:]
+        elif op == 2:  # insert random bytes
+            b[i:i] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 64)))
+        elif op == 3:  # duplicate a chunk
+            j = min(len(b), i + rng.randint(1, 512))
+            b[j:j] = b[i:j]
+        elif op == 4:  # zero a range
+            j = min(len(b), i + rng.randint(1, 256))
+            b[i:j] = bytes(j - i)
+        else:  # big-endian "huge" integers in headers
+            j = min(len(b), i + 4)
+            b[i:j] = b"\xff" * (j - i)
+    return bytes(b)
+
+
+class Hang(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def deadline(seconds: int) -> Iterator[None]:
+    def fire(signum: int, frame: object) -> None:
+        raise Hang(f"no result within {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, fire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def exercise_media(path: Path) -> str:
+    """Open, plan and decode a little of the input; return "ok" or "bad-input"."""
+    from gemmapipe.core.errors import BadInput
+    from gemmapipe.core.media.audio import iter_audio
+    from gemmapipe.core.media.frames import iter_frames
+    from gemmapipe.core.media.image import load_image
+    from gemmapipe.core.media.source import open_input
+    from gemmapipe.core.plan import plan_input
+
+    try:
+        with deadline(PER_INPUT_TIMEOUT_S), open_input(str(path)) as src:
+            plan_input(src, want_audio=src.kind != "image", want_frames=src.kind != "audio")
+            if src.kind == "image":
+                load_image(src)
+                return "ok"
+            for i, _ in enumerate(iter_audio(src)):
+                if i >= 2:
+                    break
+            if src.kind == "video":
+                for _ in iter_frames(src, max_frames=3):
+                    pass
+        return "ok"
+    except BadInput:
+        return "bad-input"
+
+
+def exercise_dry_run(path: Path) -> str:
+    """Every subcommand's --dry-run: exit 0 or 3, one error line, never 'internal'."""
+    from gemmapipe.cli.app import run
+
+    for command in ("transcribe", "diarize", "describe", "video"):
+        err = io.StringIO()
+        with deadline(PER_INPUT_TIMEOUT_S), contextlib.redirect_stderr(err), \
+                contextlib.redirect_stdout(io.StringIO()):
+            code = run([command, "--dry-run", str(path)])
+        text = err.getvalue()
+        if code not in (0, 3) or "internal" in text or "Traceback" in text:
+            raise AssertionError(f"{command} --dry-run: exit {code}: {text.strip()}")
+    return "ok"
+
+
+def check(path: Path) -> str:
+    result = exercise_media(path)
+    exercise_dry_run(path)
+    return result
+
+
+def long_run(minutes: float, seed: int) -> int:
+    import tempfile
+
+    rng = random.Random(seed)
+    tried = crashes = 0
+    counts: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        base = seeds(Path(tmp) / "seeds")
+        blobs = [(p.suffix, p.read_bytes()) for p in base]
+        end = time.monotonic() + minutes * 60
+        while time.monotonic() < end:
+            suffix, data = rng.choice(blobs)
+            case = Path(tmp) / f"case{suffix}"
+            case.write_bytes(mutate(data, rng))
+            tried += 1
+            try:
+                outcome = check(case)
+                counts[outcome] = counts.get(outcome, 0) + 1
+            except Exception:
+                crashes += 1
+                CORPUS.mkdir(exist_ok=True)
+                keep = CORPUS / f"crash-{seed}-{tried}{suffix}"
+                keep.write_bytes(case.read_bytes())
+                print(f"CRASH on {keep}:\n{traceback.format_exc()}", file=sys.stderr)
+    print(f"fuzzing: {tried} inputs in {minutes} min (seed {seed}): {counts}, {crashes} crashes")
+    return 1 if crashes else 0
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+    sys.exit(long_run(args.minutes, args.seed))
