@@ -123,6 +123,21 @@ def test_diarize_score_without_extra_is_usage_error(tmp_path: Path, capsys: pyte
     assert "gemmapipe[score]" in capsys.readouterr().err
 
 
+def test_diarize_score_prints_der(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                  fake_engine: list) -> None:  # noqa: F811
+    pytest.importorskip("pyannote.metrics")
+    wav = speech_file(tmp_path / "m.wav", [(0.5, 2.0), (3.0, 4.5)], 5.0)
+    fake_engine.replies = ['{"speaker": "new", "text": "a"}', '{"speaker": "S1", "text": "b"}']
+    ref = tmp_path / "ref.rttm"
+    ref.write_text("SPEAKER m 1 0.500 1.500 <NA> <NA> A <NA> <NA>\nSPEAKER m 1 3.000 1.500 <NA> <NA> B <NA> <NA>\n")
+    assert run(["diarize", "-f", "json", "--score", str(ref), str(wav)]) == 0
+    out = capsys.readouterr()
+    der = json.loads(out.out)["meta"]["der"]
+    # both clips got S1, so B's 1.5 s is confusion (plus the VAD's padding as false alarm)
+    assert der["confusion"] == pytest.approx(1.5, abs=0.25)
+    assert "gemmapipe: DER" in out.err
+
+
 def test_describe_batch_prompt_first_then_image(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                 fake_engine: list) -> None:  # noqa: F811
     imgs = [write_image(tmp_path / f"i{i}.png", size=(320, 240)) for i in range(3)]

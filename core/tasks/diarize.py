@@ -82,8 +82,9 @@ def iter_turns(clips: Iterator[Any], engine_for: Callable[[], Engine], options: 
         clip = trim_digital_silence(raw)
         engine = engine_for()
         can_add = len(exemplars) < options.max_speakers
-        gen = GenerateOptions(**{**options.generate.__dict__,
-                                 "grammar": schema_to_grammar(speaker_schema(len(exemplars), can_add))})
+        schema = speaker_schema(len(exemplars), can_add)
+        gen = GenerateOptions(**{**options.generate.__dict__, "grammar": schema_to_grammar(schema),
+                                 "json_schema": schema})
         raw = "".join(engine.generate(clip_prompt(exemplars, clip.samples, options), gen))
         try:
             answer = json.loads(raw)
@@ -128,7 +129,7 @@ def diarize(source: Source, engine_for: Callable[[], Engine], options: DiarizeOp
 def score_der(reference_rttm: str, segments: list[Segment], uri: str) -> dict[str, float]:
     """DER against a reference RTTM with pyannote.metrics (the `score` extra)."""
     try:
-        from pyannote.core import Annotation
+        from pyannote.core import Annotation, Timeline
         from pyannote.core import Segment as PSegment
         from pyannote.metrics.diarization import DiarizationErrorRate
     except ImportError:
@@ -147,5 +148,7 @@ def score_der(reference_rttm: str, segments: list[Segment], uri: str) -> dict[st
     for seg in segments:
         hyp[PSegment(seg.start_ms / 1000, seg.end_ms / 1000)] = seg.speaker or "S?"
     metric = DiarizationErrorRate()
-    detail = metric(ref, hyp, detailed=True)
+    # Score over the union of both extents (what pyannote otherwise guesses, with a warning).
+    uem = Timeline([(ref.get_timeline() | hyp.get_timeline()).extent()]) if len(ref) or len(hyp) else None
+    detail = metric(ref, hyp, uem=uem, detailed=True)
     return {k: float(v) for k, v in detail.items()}
