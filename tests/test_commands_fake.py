@@ -216,3 +216,21 @@ def test_dry_run_prints_plan_and_loads_nothing(tmp_path: Path, capsys: pytest.Ca
     plan = json.loads(capsys.readouterr().out)
     assert plan["kind"] == "video" and plan["tokens"]["total"] > 0
     assert not fake_engine
+
+
+def test_chat_attachment_from_stdin(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                    fake_engine: list, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    png = write_image(tmp_path / "i.png", size=(96, 96)).read_bytes()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(png)))
+    fake_engine.replies = ["a picture"]
+    assert run(["chat", "-a", "-", "describe it"]) == 0
+    assert capsys.readouterr().out == "a picture\n"
+    parts = fake_engine[0].requests[0][0][0].parts
+    assert isinstance(parts[0], Image) and parts[-1].text == "describe it"
+
+
+def test_chat_think_flag_enables_thinking(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          fake_engine: list) -> None:  # noqa: F811
+    assert run(["chat", "--think", "why?"]) == 0
+    opts = fake_engine[0].requests[0][1]
+    assert opts.think is True and opts.on_thought is not None
