@@ -34,7 +34,7 @@ def dry_run_plans(inputs: list[str], runner: Runner, **plan_kw: Any) -> int:
     def one(spec: str, out: Any) -> None:
         with open_input(spec) as src:
             plan = plan_input(src, **plan_kw)
-        memory = plan_memory(runner, int(plan.get("tokens", {}).get("total", 0)))
+        memory = plan_memory(runner, int(plan.get("tokens", {}).get("total") or 0))
         if memory:
             plan["memory"] = memory
         out.write(json.dumps(plan, ensure_ascii=False) + "\n")
@@ -100,13 +100,13 @@ def run_segments(inputs: list[str], *, runner: Runner, fmt: str | None, output_d
                     process(spec, writer)
                     writer.close()
 
-            return runner.each_input(inputs, to_file, fail_fast=fail_fast)
+            return runner.each_input(inputs, to_file, fail_fast=fail_fast, jobs=runner.jobs)
         with open_sink(common.output) as out:
             writer = get_writer(fmt, out, with_file=several)
             on_error = (lambda spec, exc: writer.error(spec, exc.reason)) if errors_as_records else None
             try:
                 return runner.each_input(inputs, lambda spec: process(spec, writer), fail_fast=fail_fast,
-                                         on_error=on_error)
+                                         on_error=on_error, jobs=runner.jobs)
             finally:
                 writer.close()
     finally:
