@@ -89,12 +89,13 @@ def command(
                     one(spec, writer)
                     writer.close()
 
-            return runner.each_input(inputs, to_file, fail_fast=fail_fast)
+            return runner.each_input(inputs, to_file, fail_fast=fail_fast, jobs=runner.jobs)
         with open_sink(common.output) as out:
             writer = get_description_writer(fmt, out, with_file=several)
             on_error = (lambda spec, exc: writer.error(spec, exc.reason)) if errors_as_records else None
             try:
-                return runner.each_input(inputs, lambda s: one(s, writer), fail_fast=fail_fast, on_error=on_error)
+                return runner.each_input(inputs, lambda s: one(s, writer), fail_fast=fail_fast, on_error=on_error,
+                                         jobs=runner.jobs)
             finally:
                 writer.close()
     finally:

@@ -168,9 +168,10 @@ class Runner:
 
     # --- batches ------------------------------------------------------------------------------------
     def each_input(self, inputs: list[str], work: Callable[[str], None], *, fail_fast: bool = False,
-                   on_error: Callable[[str, GemmapipeError], None] | None = None) -> int:
+                   on_error: Callable[[str, GemmapipeError], None] | None = None, jobs: int = 1) -> int:
         """Run `work` per input. One input: its error propagates (its own exit status). Several:
-        a bad input is reported and the rest go on; model problems stop the batch."""
+        a bad input is reported and the rest go on; model problems stop the batch. `jobs` > 1 (pass
+        `self.jobs`; only for work that writes through `ordered_output`): that many inputs at once."""
         if not inputs:
             raise UsageError("input", "no input given", f"pass a path, or - for stdin: gemmapipe {self.command} FILE")
         if inputs.count("-") > 1:
@@ -179,8 +180,8 @@ class Runner:
             work(inputs[0])
             self.succeeded += 1
             return ExitStatus.OK
-        if self.jobs > 1:
-            return self._each_concurrently(inputs, work, fail_fast=fail_fast, on_error=on_error)
+        if jobs > 1:
+            return self._each_concurrently(inputs, work, jobs, fail_fast=fail_fast, on_error=on_error)
         for spec in inputs:
             try:
                 work(spec)
@@ -199,7 +200,7 @@ class Runner:
                               None if not fail_fast else "stopped at the first failure (--fail-fast)")
         return ExitStatus.OK
 
-    def _each_concurrently(self, inputs: list[str], work: Callable[[str], None], *, fail_fast: bool,
+    def _each_concurrently(self, inputs: list[str], work: Callable[[str], None], jobs: int, *, fail_fast: bool,
                            on_error: Callable[[str, GemmapipeError], None] | None) -> int:
         """each_input with -j N: N worker threads take the inputs in order; what each writes inside
         `ordered_output` is held back until every earlier input is written (or has failed), and errors
@@ -219,7 +220,7 @@ class Runner:
                     turns.done[i].set()
 
         threads = [threading.Thread(target=worker, name=f"gemmapipe-input-{n}", daemon=True)
-                   for n in range(min(self.jobs, len(inputs)))]
+                   for n in range(min(jobs, len(inputs)))]
         for t in threads:
             t.start()
         interrupted = False

@@ -39,6 +39,9 @@ class GenerateOptions:
     repeat_last_n: int = 64
     seed: int | None = None
     grammar: str | None = None  # GBNF; see core.engine.grammar.schema_to_grammar
+    # The JSON Schema the grammar was built from, when there is one: a remote engine sends it as
+    # `response_format` (servers build their own grammar); the local engine uses `grammar`.
+    json_schema: dict[str, Any] | None = None
     think: bool = False
     on_thought: Callable[[str], None] | None = None  # thinking text goes here, never to the answer
     add_generation_prompt: bool = True

@@ -33,6 +33,8 @@ class DescribeOptions:
     def __post_init__(self) -> None:
         if self.schema is not None and not self.generate.grammar:
             self.generate.grammar = schema_to_grammar(self.schema)
+        if self.schema is not None and self.generate.json_schema is None:
+            self.generate.json_schema = self.schema
 
 
 def image_messages(pixels: np.ndarray, options: DescribeOptions) -> list[Message]:

@@ -44,6 +44,7 @@ class TranscribeOptions:
     end_ms: int | None = None
     max_clip_s: float = MAX_CLIP_S
     generate: GenerateOptions = field(default_factory=lambda: GenerateOptions(max_tokens=320))
+    jobs: int = 1  # clips sent at once (an engine that takes concurrent requests: a server)
 
 
 def asr_instruction(options: TranscribeOptions) -> str:
@@ -122,8 +123,11 @@ def iter_segments(
     clips: Iterator[Any], engine_for: Callable[[], Engine], options: TranscribeOptions, *,
     templated: Callable[[Engine], bool], on_progress: Callable[[int], None] | None = None,
 ) -> Iterator[Segment]:
-    """One segment per speech clip, in order; silence never reaches the model."""
-    for raw in clips:
+    """One segment per speech clip, in order; silence never reaches the model. With
+    `options.jobs` > 1 that many clips are in flight at once (results still come in order)."""
+    from ..parallel import ordered_map
+
+    def one(raw: Any) -> tuple[Any, Segment | None]:
         clip = trim_digital_silence(raw)
         engine = engine_for()
         msgs = clip_messages(clip.samples, options, templated=templated(engine))
@@ -133,11 +137,16 @@ def iter_segments(
         flags = ["repetition"] if looped else []
         if getattr(engine.stats, "stop_reason", "") == "length" and not looped:
             flags.append("truncated")
+        if not text:
+            return raw, None
+        return raw, Segment(start_ms=clip.start * 1000 // SAMPLE_RATE, end_ms=clip.end * 1000 // SAMPLE_RATE,
+                            text=text, flags=flags)
+
+    for raw, segment in ordered_map(one, clips, options.jobs):
         if on_progress:
             on_progress(raw.end)
-        if text:
-            yield Segment(start_ms=clip.start * 1000 // SAMPLE_RATE, end_ms=clip.end * 1000 // SAMPLE_RATE,
-                          text=text, flags=flags)
+        if segment is not None:
+            yield segment
 
 
 def transcribe(

@@ -1,0 +1,643 @@
+"""The remote engine: the Engine protocol over an OpenAI-compatible `/v1/chat/completions` endpoint.
+
+Works with llama.cpp's llama-server, vLLM and SGLang serving Gemma 4, and `litert-lm serve`. One
+request = one POST with `stream: true`; the answer is read as server-sent events. Media travel
+inline, as the llama.cpp server documents them (tools/server/README.md, "multimodal input"):
+
+- an image as `{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}` (PNG of the
+  pixels already scaled to the token budget);
+- audio as `{"type": "input_audio", "input_audio": {"data": "<base64 WAV>", "format": "wav"}}`
+  (16 kHz mono 16-bit PCM);
+- a JSON schema as `response_format: {"type": "json_schema", "json_schema": {"name", "schema",
+  "strict"}}`; a server that rejects that type (llama-cpp-python's) gets `{"type": "json_object",
+  "schema": ...}` instead, and the engine remembers which one worked.
+
+Only the standard library speaks HTTP (http.client); proxies from the environment are not used.
+Connection failures and 429/5xx answers are retried with exponential backoff (Retry-After is
+honoured); a refused modality, bad credentials or an unreachable server end in a one-line error
+(exit 1). The engine is thread-safe: `stats` is per thread, so concurrent requests (`-j`) each see
+their own counters.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import random
+import re
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from ..errors import GemmapipeError, UsageError
+from .base import EngineStats, GenerateOptions, TokenCount
+from .parts import Audio, Image, Message, Text
+
+if TYPE_CHECKING:
+    import numpy as np
+
+SAMPLE_RATE = 16000
+_RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+_MAX_DELAY_S = 60.0
+_THOUGHT_OPEN, _THOUGHT_CLOSE = "<|channel>", "<channel|>"
+# What servers say when the model behind them lacks a modality (llama-server: "image input is not
+# supported - hint: ...", HTTP 500; vLLM: "... is not a multimodal model" / "At most 0 image(s)").
+_REFUSAL = re.compile(r"not supported|unsupported|does not support|not a multimodal|at most 0|no (mmproj|projector)"
+                      r"|multimodal (is )?(disabled|not)", re.I)
+
+_INVALID = re.compile(r"validation error|response_format|invalid_request|invalid request", re.I)
+
+
+class ServerError(GemmapipeError):
+    """A failure of the server or of talking to it (exit 1). `batch_fatal`: every other input of a
+    batch would fail the same way (unreachable, refused credentials or modality), so stop there."""
+
+    def __init__(self, subject: str, reason: str, hint: str | None = None, *, batch_fatal: bool = False) -> None:
+        super().__init__(subject, reason, hint)
+        self.batch_fatal = batch_fatal
+
+
+@dataclass
+class RemoteConfig:
+    url: str  # base URL: http://host:8080 (a trailing /v1 or /v1/chat/completions is accepted)
+    api_key: str | None = None
+    model: str | None = None  # the served model id; None: the first one /v1/models lists
+    timeout: float = 600.0  # seconds the server may stay silent (prefill of a long prompt included)
+    connect_timeout: float = 10.0
+    retries: int = 4  # a server still loading its model answers 503 for a while
+    backoff_s: float = 1.0  # first retry after this, doubling: 1 + 2 + 4 + 8 s
+    n_ctx: int = 0  # 0: what the server reports, else the caller's size
+    max_concurrency: int = 0  # requests in flight at once, all threads together (-j); 0: no bound
+    verbose: bool = False
+    log: Callable[[str], None] | None = None  # where retry notices go (stderr in the CLI)
+
+
+def base_url(url: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, path prefix) of an OpenAI-compatible server from what a user types."""
+    text = url.strip()
+    if not text:
+        raise UsageError("--server", "empty URL", "e.g. --server http://127.0.0.1:8080")
+    if "://" not in text:
+        text = "http://" + text
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError("--server", f"not an http(s) URL: {url!r}", "e.g. --server http://127.0.0.1:8080")
+    path = parts.path.rstrip("/")
+    for suffix in ("/chat/completions", "/v1"):
+        if path.endswith(suffix):
+            path = path[: -len(suffix)]
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise UsageError("--server", f"bad port in {url!r}") from None
+    return parts.scheme, parts.hostname, port, path
+
+
+# --- encoding parts ---------------------------------------------------------------------------------
+def wav_bytes(samples: np.ndarray, rate: int = SAMPLE_RATE) -> bytes:
+    """Mono float samples in [-1, 1] as a 16-bit PCM WAV file, in memory."""
+    import wave
+
+    import numpy as np
+
+    pcm = (np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0) * 32767.0).round().astype("<i2")
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+    return buf.getvalue()
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    import numpy as np
+    from PIL import Image as PILImage
+
+    px = np.ascontiguousarray(pixels, dtype=np.uint8)
+    if px.ndim != 3 or px.shape[2] != 3:
+        raise GemmapipeError("image", f"expected HxWx3 RGB pixels, got shape {px.shape}")
+    buf = io.BytesIO()
+    PILImage.fromarray(px, "RGB").save(buf, format="PNG", compress_level=3)
+    return buf.getvalue()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def content_part(part: Text | Image | Audio) -> dict[str, Any]:
+    if isinstance(part, Text):
+        return {"type": "text", "text": part.text}
+    if isinstance(part, Image):
+        return {"type": "image_url", "image_url": {"url": "data:image/png;base64," + _b64(png_bytes(part.pixels))}}
+    return {"type": "input_audio", "input_audio": {"data": _b64(wav_bytes(part.samples)), "format": "wav"}}
+
+
+def openai_messages(messages: list[Message]) -> list[dict[str, Any]]:
+    """Messages in the Chat Completions format: plain strings where there is only text (every
+    server takes those), typed content arrays, media in place, where there is more."""
+    out = []
+    for msg in messages:
+        parts: list[Text | Image | Audio] = []
+        for p in msg.parts:  # adjacent text runs become one text part
+            if isinstance(p, Text) and parts and isinstance(parts[-1], Text):
+                parts[-1] = Text(parts[-1].text + p.text)
+            else:
+                parts.append(p)
+        if all(isinstance(p, Text) for p in parts) or msg.role != "user":
+            if any(not isinstance(p, Text) for p in parts):
+                raise GemmapipeError("remote request", f"media in a {msg.role} message cannot be sent to a server")
+            content: Any = "".join(p.text for p in parts if isinstance(p, Text))
+        else:
+            content = [content_part(p) for p in parts]
+        out.append({"role": msg.role, "content": content})
+    return out
+
+
+def media_kinds(messages: list[Message]) -> set[str]:
+    kinds = set()
+    for m in messages:
+        for p in m.parts:
+            if isinstance(p, Image):
+                kinds.add("image")
+            elif isinstance(p, Audio):
+                kinds.add("audio")
+    return kinds
+
+
+def request_body(messages: list[Message], options: GenerateOptions, *, model: str | None,
+                 schema_style: str = "json_schema") -> dict[str, Any]:
+    """The JSON of one streaming chat completion request."""
+    body: dict[str, Any] = {
+        "messages": openai_messages(messages),
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": max(1, options.max_tokens),
+        "temperature": options.temperature,
+        "top_p": options.top_p,
+        "top_k": options.top_k,
+        # llama.cpp's name; sent always because llama-cpp-python's server defaults to 1.1.
+        "repeat_penalty": options.repeat_penalty,
+        # Gemma 4's template thinks only when asked; llama-server would otherwise turn it on.
+        "chat_template_kwargs": {"enable_thinking": bool(options.think)},
+    }
+    if model:
+        body["model"] = model
+    if options.repeat_penalty != 1.0:
+        body["repetition_penalty"] = options.repeat_penalty  # vLLM's and SGLang's name
+    if options.min_p > 0:
+        body["min_p"] = options.min_p
+    if options.seed is not None:
+        body["seed"] = options.seed
+    if options.json_schema is not None:
+        if schema_style == "json_schema":
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "answer", "schema": options.json_schema,
+                                                       "strict": True}}
+        else:
+            body["response_format"] = {"type": "json_object", "schema": options.json_schema}
+    elif options.grammar:
+        body["grammar"] = options.grammar  # llama.cpp's extension; other servers ignore it
+    return body
+
+
+class ThoughtFilter:
+    """Splits streamed text at Gemma 4's `<|channel>...<channel|>` markers, for servers that pass
+    the thought channel through as text: thoughts go to `on_thought`, the rest is returned."""
+
+    def __init__(self, on_thought: Callable[[str], None] | None) -> None:
+        self.on_thought = on_thought
+        self.inside = False
+        self.buf = ""
+
+    def _emit(self, text: str, out: list[str]) -> None:
+        if not text:
+            return
+        if self.inside:
+            if self.on_thought:
+                self.on_thought(text)
+        else:
+            out.append(text)
+
+    def feed(self, text: str) -> str:
+        out: list[str] = []
+        self.buf += text
+        while True:
+            marker = _THOUGHT_CLOSE if self.inside else _THOUGHT_OPEN
+            i = self.buf.find(marker)
+            if i >= 0:
+                self._emit(self.buf[:i], out)
+                self.buf = self.buf[i + len(marker):]
+                self.inside = not self.inside
+                continue
+            keep = next((k for k in range(min(len(marker) - 1, len(self.buf)), 0, -1)
+                         if marker.startswith(self.buf[-k:])), 0)
+            self._emit(self.buf[: len(self.buf) - keep], out)
+            self.buf = self.buf[len(self.buf) - keep:]
+            return "".join(out)
+
+    def flush(self) -> str:
+        out: list[str] = []
+        self._emit(self.buf, out)
+        self.buf = ""
+        return "".join(out)
+
+
+def _error_message(raw: bytes) -> str:
+    """The human part of an error body: OpenAI-style {"error": {"message"}}, FastAPI's {"detail"},
+    or the text itself."""
+    text = raw.decode("utf-8", "replace").strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return " ".join(text.split())[:500] or "(empty answer)"
+    err = data.get("error", data.get("detail", data.get("message"))) if isinstance(data, dict) else None
+    if isinstance(err, dict):
+        err = err.get("message", err)
+    if isinstance(err, list):  # FastAPI's validation errors: [{"loc": [...], "msg": ...}, ...]
+        items = []
+        for e in err:
+            if isinstance(e, dict):
+                where = ".".join(str(x) for x in e.get("loc", []))
+                items.append(f"{e.get('msg', e)}" + (f" (at {where})" if where else ""))
+            else:
+                items.append(str(e))
+        err = "; ".join(items)
+    return " ".join(str(err if err is not None else text).split())[:500]
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: use our own backoff
+
+
+@dataclass
+class _Answer:
+    """One streamed reply as it arrives."""
+
+    conn: http.client.HTTPConnection
+    resp: http.client.HTTPResponse
+    t_sent: float
+
+
+class RemoteEngine:
+    """Talks to one OpenAI-compatible server. Thread-safe; each request opens its own connection."""
+
+    template = "server"  # the server applies the model's chat template (tasks test this for truth)
+
+    def __init__(self, config: RemoteConfig, *, n_ctx: int = 0) -> None:
+        self.config = config
+        self.scheme, self.host, self.port, self.prefix = base_url(config.url)
+        self.url = f"{self.scheme}://{self.host}:{self.port}{self.prefix}"
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._totals = [0, 0]  # prompt tokens evaluated, tokens generated
+        self._schema_style = "json_schema"
+        self._slots = threading.BoundedSemaphore(config.max_concurrency) if config.max_concurrency > 0 else None
+        self.model = config.model
+        self.server_n_ctx = 0
+        self._probe()
+        self.n_ctx = config.n_ctx or self.server_n_ctx or n_ctx or 0
+
+    # --- per-thread stats -----------------------------------------------------------------------
+    @property
+    def stats(self) -> EngineStats:
+        stats = getattr(self._local, "stats", None)
+        if stats is None:
+            stats = self._local.stats = EngineStats()
+        return stats
+
+    # --- HTTP -------------------------------------------------------------------------------------
+    def _log(self, message: str) -> None:
+        if self.config.log is not None:
+            self.config.log(message)
+
+    def _connect(self) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection
+        if self.scheme == "https":
+            conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.config.connect_timeout,
+                                               context=ssl.create_default_context())
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.config.connect_timeout)
+        conn.connect()
+        if conn.sock is not None:
+            conn.sock.settimeout(self.config.timeout)
+        return conn
+
+    def _headers(self, stream: bool) -> dict[str, str]:
+        from gemmapipe import __version__
+
+        headers = {"Content-Type": "application/json", "User-Agent": f"gemmapipe/{__version__}",
+                   "Accept": "text/event-stream" if stream else "application/json"}
+        if self.config.api_key:
+            headers["Authorization"] = f"Bearer {self.config.api_key}"
+        return headers
+
+    def _unreachable(self, exc: BaseException) -> ServerError:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        if isinstance(exc, TimeoutError):
+            reason = f"no connection within {self.config.connect_timeout:g} s"
+        return ServerError(f"server {self.url}", f"cannot connect: {reason}",
+                           "is the server running and listening there? (--server, GEMMAPIPE_SERVER)",
+                           batch_fatal=True)
+
+    def _send(self, method: str, path: str, payload: dict[str, Any] | None, *, stream: bool,
+              media: set[str] | frozenset[str] = frozenset()) -> _Answer:
+        """Send one request, retrying what may pass (no connection, 429, 5xx) with backoff; return
+        the open response once the server answers 200."""
+        body = json.dumps(payload, ensure_ascii=False).encode() if payload is not None else None
+        attempt = 0
+        while True:
+            delay = self.config.backoff_s * (2 ** attempt) * (1 + 0.1 * random.random())
+            try:
+                conn = self._connect()
+            except (ConnectionError, TimeoutError) as exc:
+                if attempt < self.config.retries:
+                    self._log(f"server {self.url}: {exc}; retrying in {delay:.1f} s")
+                    time.sleep(delay)
+                    attempt += 1
+                    continue
+                raise self._unreachable(exc) from None
+            except OSError as exc:  # name resolution, no route, TLS: not worth retrying
+                raise self._unreachable(exc) from None
+            t_sent = time.perf_counter()
+            try:
+                conn.request(method, self.prefix + path, body=body, headers=self._headers(stream))
+                resp = conn.getresponse()
+            except TimeoutError:
+                conn.close()
+                raise ServerError(f"server {self.url}", f"no answer within {self.config.timeout:g} s",
+                                  "the server may be overloaded; raise --timeout") from None
+            except (ConnectionError, http.client.HTTPException) as exc:
+                conn.close()
+                if attempt < self.config.retries:
+                    self._log(f"server {self.url}: {exc or type(exc).__name__}; retrying in {delay:.1f} s")
+                    time.sleep(delay)
+                    attempt += 1
+                    continue
+                raise ServerError(f"server {self.url}", f"connection lost: {exc or type(exc).__name__}",
+                                  batch_fatal=True) from None
+            if resp.status == 200:
+                return _Answer(conn, resp, t_sent)
+            try:
+                raw = resp.read(1 << 16)
+            except (OSError, http.client.HTTPException):
+                raw = b""
+            conn.close()
+            message = _error_message(raw)
+            refusal = bool(media) and bool(_REFUSAL.search(message))
+            # What the server says is wrong with the request itself will not pass on a retry, even
+            # under a 500 (llama-cpp-python's server answers its validation errors that way).
+            invalid = bool(_INVALID.search(message))
+            if resp.status in _RETRY_STATUS and not (refusal or invalid) and attempt < self.config.retries:
+                wait = _retry_after(resp.getheader("Retry-After"))
+                wait = min(_MAX_DELAY_S, wait if wait is not None else delay)
+                self._log(f"server {self.url}: HTTP {resp.status} ({message}); retrying in {wait:.1f} s")
+                time.sleep(wait)
+                attempt += 1
+                continue
+            raise self._http_error(resp.status, message, path, media, refusal)
+
+    def _http_error(self, status: int, message: str, path: str, media: set[str] | frozenset[str],
+                    refusal: bool) -> GemmapipeError:
+        subject = f"server {self.url}"
+        if refusal:
+            kinds = " and ".join(sorted(media))
+            return ServerError(subject, f"refused {kinds} input: {message}",
+                               "serve Gemma 4 with its projector (llama-server --mmproj mmproj-...gguf), "
+                               "or run without --server", batch_fatal=True)
+        if status in (401, 403):
+            return ServerError(subject, f"HTTP {status}: {message}", "check --api-key (GEMMAPIPE_API_KEY)",
+                               batch_fatal=True)
+        if status == 404 and path.endswith("/chat/completions"):
+            return ServerError(subject, f"HTTP 404 on {self.prefix}{path}: {message}",
+                               "--server takes the base URL of an OpenAI-compatible server, "
+                               "e.g. http://127.0.0.1:8080", batch_fatal=True)
+        if re.search(r"context|too long|exceed", message, re.I) and status == 400:
+            return ServerError(subject, f"the request does not fit the server's context: {message}",
+                               "shorten the input, or start the server with a larger context")
+        return ServerError(subject, f"HTTP {status}: {message}")
+
+    # --- model facts --------------------------------------------------------------------------------
+    def _probe(self) -> None:
+        """GET /v1/models: is anybody there, which model, how much context (vLLM says max_model_len).
+        A server without the listing is fine; an unreachable one is an error right away."""
+        try:
+            ans = self._send("GET", "/v1/models", None, stream=False)
+        except ServerError as exc:
+            if exc.batch_fatal:  # unreachable, or the key was refused
+                raise
+            return  # no listing here: send requests without a model name
+        try:
+            data = json.loads(ans.resp.read(1 << 20) or b"{}")
+        except (ValueError, OSError, http.client.HTTPException):
+            data = {}
+        finally:
+            ans.conn.close()
+        models = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(models, list) or not models:
+            return
+        chosen = next((m for m in models if isinstance(m, dict) and m.get("id") == self.model), None)
+        if chosen is None and self.model is None and isinstance(models[0], dict):
+            chosen = models[0]
+            self.model = str(chosen.get("id") or "") or None
+        if isinstance(chosen, dict):
+            value = chosen.get("max_model_len") or chosen.get("context_length")  # vLLM, SGLang
+            if isinstance(value, int) and value > 0:
+                self.server_n_ctx = value
+
+    # --- Engine protocol ------------------------------------------------------------------------------
+    def count_tokens(self, messages: list[Message], options: GenerateOptions) -> TokenCount:
+        """An estimate (no server counts media for us): text ~4 characters a token, an image
+        (W/48)*(H/48), audio 25 tokens a second, as the Gemma 4 projectors do."""
+        per: list[tuple[str, int]] = []
+        for m in messages:
+            for p in m.parts:
+                if isinstance(p, Text):
+                    per.append(("text", (len(p.text) + 3) // 4))
+                elif isinstance(p, Image):
+                    h, w = p.pixels.shape[:2]
+                    per.append(("image", max(1, -(-h // 48)) * max(1, -(-w // 48))))
+                else:
+                    per.append(("audio", (p.samples.size + 639) // 640))
+        return TokenCount(sum(n for _, n in per) + 8 * len(messages), per)
+
+    def generate(self, messages: list[Message], options: GenerateOptions) -> Iterator[str]:
+        """Send the request now (errors surface here, as the local engine's prefill errors do) and
+        return the answer's stream."""
+        media = media_kinds(messages)
+        stats = self.stats
+        stats.prompt_tokens = stats.prompt_evaluated = stats.generated = 0
+        stats.prefill_s = stats.decode_s = 0.0
+        stats.stop_reason = ""
+        if self._slots is not None:
+            self._slots.acquire()  # released when the answer's stream ends
+        try:
+            style = self._schema_style
+            try:
+                ans = self._send("POST", "/v1/chat/completions",
+                                 request_body(messages, options, model=self.model, schema_style=style),
+                                 stream=True, media=media)
+            except ServerError as exc:
+                # llama-cpp-python's server knows only {"type": "json_object", "schema": ...}.
+                if options.json_schema is None or style != "json_schema" or "response_format" not in exc.reason:
+                    raise
+                self._schema_style = "json_object"
+                ans = self._send("POST", "/v1/chat/completions",
+                                 request_body(messages, options, model=self.model, schema_style="json_object"),
+                                 stream=True, media=media)
+        except BaseException:
+            if self._slots is not None:
+                self._slots.release()
+            raise
+        return self._stream(ans, messages, options)
+
+    def _events(self, ans: _Answer) -> Iterator[dict[str, Any]]:
+        """JSON objects of the SSE stream (or the one object of a non-streamed answer)."""
+        ctype = (ans.resp.getheader("Content-Type") or "").lower()
+        if "text/event-stream" not in ctype:
+            raw = ans.resp.read()
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                raise ServerError(f"server {self.url}", f"not a chat completion: {_error_message(raw)}") from None
+            if isinstance(obj, dict):
+                yield obj
+            return
+        data: list[str] = []
+        for raw_line in ans.resp:
+            line = raw_line.decode("utf-8", "replace").rstrip("\r\n")
+            if line.startswith("data:"):
+                data.append(line[5:].lstrip(" ") if line[5:6] == " " else line[5:])
+                continue
+            if line or not data:
+                continue  # comments (": ping"), event names, ids, blank keep-alives
+            payload, data = "\n".join(data), []
+            if payload.strip() == "[DONE]":
+                return
+            try:
+                obj = json.loads(payload)
+            except ValueError:
+                raise ServerError(f"server {self.url}", f"bad event in the stream: {payload[:200]}") from None
+            if isinstance(obj, dict):
+                yield obj
+        if data and data[-1].strip() not in ("", "[DONE]"):
+            try:
+                obj = json.loads("\n".join(data))
+            except ValueError:
+                return
+            if isinstance(obj, dict):
+                yield obj
+
+    def _stream(self, ans: _Answer, messages: list[Message], options: GenerateOptions) -> Iterator[str]:
+        stats = self.stats
+        thoughts = ThoughtFilter(options.on_thought)
+        t_first: float | None = None
+        chunks = 0
+        usage: dict[str, Any] = {}
+        timings: dict[str, Any] = {}
+        finish = ""
+        try:
+            for obj in self._events(ans):
+                if "error" in obj:
+                    message = _error_message(json.dumps(obj).encode())
+                    raise ServerError(f"server {self.url}", f"error in the middle of an answer: {message}")
+                if isinstance(obj.get("usage"), dict):
+                    usage = obj["usage"]
+                if isinstance(obj.get("timings"), dict):
+                    timings = obj["timings"]
+                for choice in obj.get("choices") or []:
+                    if not isinstance(choice, dict):
+                        continue
+                    delta = choice.get("delta") or choice.get("message") or {}
+                    reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                    if reasoning and options.on_thought:
+                        options.on_thought(str(reasoning))
+                    text = delta.get("content")
+                    if reasoning or text:
+                        chunks += 1
+                        if t_first is None:
+                            t_first = time.perf_counter()
+                    if text:
+                        visible = thoughts.feed(str(text))
+                        if visible:
+                            yield visible
+                    if choice.get("finish_reason"):
+                        finish = str(choice["finish_reason"])
+            tail = thoughts.flush()
+            if tail:
+                yield tail
+        except TimeoutError:
+            raise ServerError(f"server {self.url}", f"silent for {self.config.timeout:g} s in the middle of an answer",
+                              "raise --timeout") from None
+        except (ConnectionError, http.client.HTTPException) as exc:
+            raise ServerError(f"server {self.url}",
+                              f"connection lost in the middle of an answer: {exc or type(exc).__name__}") from None
+        finally:
+            ans.conn.close()
+            if self._slots is not None:
+                self._slots.release()
+            t_end = time.perf_counter()
+            self._fill_stats(stats, messages, options, usage, timings, finish, chunks,
+                             ans.t_sent, t_first or t_end, t_end)
+
+    def _fill_stats(self, stats: EngineStats, messages: list[Message], options: GenerateOptions,
+                    usage: dict[str, Any], timings: dict[str, Any], finish: str, chunks: int,
+                    t_sent: float, t_first: float, t_end: float) -> None:
+        def num(d: dict[str, Any], key: str) -> int | None:
+            v = d.get(key)
+            return int(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+        prompt = num(usage, "prompt_tokens")
+        if prompt is None:
+            prompt = self.count_tokens(messages, options).total
+        cached = num(usage.get("prompt_tokens_details") or {}, "cached_tokens")
+        if cached is None:
+            cached = num(timings, "cache_n")
+        evaluated = num(timings, "prompt_n")
+        if evaluated is None:
+            evaluated = max(0, prompt - (cached or 0))
+        generated = num(usage, "completion_tokens")
+        if generated is None:
+            generated = num(timings, "predicted_n")
+        if generated is None:
+            generated = chunks
+        stats.prompt_tokens = prompt
+        stats.prompt_evaluated = evaluated
+        stats.generated = generated
+        prompt_ms, predicted_ms = timings.get("prompt_ms"), timings.get("predicted_ms")
+        stats.prefill_s = float(prompt_ms) / 1000 if isinstance(prompt_ms, int | float) else t_first - t_sent
+        stats.decode_s = float(predicted_ms) / 1000 if isinstance(predicted_ms, int | float) else t_end - t_first
+        stats.stop_reason = {"stop": "eog", "length": "length", "": "eog" if chunks else ""}.get(finish, finish)
+        with self._lock:
+            self._totals[0] += evaluated
+            self._totals[1] += generated
+            stats.total_prompt_evaluated, stats.total_generated = self._totals
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.model or "(server default)", "server": self.url, "mmproj": None,
+                "n_ctx": self.n_ctx}
+
+    def close(self) -> None:
+        pass  # every request closes its own connection
+
+    def __enter__(self) -> RemoteEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["RemoteConfig", "RemoteEngine", "ServerError", "base_url", "openai_messages", "request_body",
+           "wav_bytes"]
