@@ -332,9 +332,10 @@ class _Recorder:
 
 
 def _gpu_offload() -> bool:
-    import llama_cpp
+    from gemmapipe.core.engine.native import bindings
 
-    return bool(llama_cpp.llama_supports_gpu_offload())
+    llama, _ = bindings()
+    return bool(llama.llama_supports_gpu_offload())
 
 
 def read_files_from(source: str | None) -> list[str]:

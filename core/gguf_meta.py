@@ -54,12 +54,11 @@ class _InitParams(ctypes.Structure):
 
 @lru_cache(maxsize=1)
 def _lib() -> Any:
-    import llama_cpp
+    from .engine.native import bindings, quiet_native_logs
 
-    from .engine.native import quiet_native_logs
-
+    llama, _ = bindings()
     quiet_native_logs()
-    libdir = Path(llama_cpp.__file__).parent / "lib"
+    libdir = Path(llama.__file__).parent / "lib"
     candidates = sorted(p for p in libdir.glob("*ggml-base*")
                         if p.suffix in (".so", ".dylib", ".dll") or ".so." in p.name)
     if not candidates:

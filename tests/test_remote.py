@@ -571,7 +571,7 @@ def test_jobs_transcribe_clips_concurrent_in_order(server: tuple[str, Recorder],
 def test_jobs_bound_requests_in_flight(server: tuple[str, Recorder], tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     url, rec = server
-    rec.reply = lambda body, n: Reply(chunks=["x"], delay=0.15)
+    rec.reply = lambda body, n: Reply(chunks=["x"], delay=0.6)  # long enough to overlap on a loaded machine
     wavs = [str(speech_file(tmp_path / f"{i}.wav", [(0.5, 1.5), (3.0, 4.0), (5.5, 6.5)], 7.0)) for i in range(3)]
     assert run(["transcribe", "--server", url, "-j", "2", *wavs]) == 0
     assert len(rec.posts()) == 9 and rec.max_in_flight == 2  # inputs x clips, never more than -j at once

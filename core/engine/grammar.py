@@ -29,6 +29,9 @@ def load_schema(spec: str) -> dict[str, Any]:
 
 def schema_to_grammar(schema: dict[str, Any]) -> str:
     """llama-cpp-python's converter is the well-kept port of llama.cpp's json-schema-to-grammar."""
+    from .native import light_package
+
+    light_package()
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     try:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ContextOverflow, GemmapipeError, ModelError
 from ..model import AUDIO, VISION, ModelPair
 from .base import EngineConfig, EngineStats, GenerateOptions, TokenCount
-from .native import quiet_native_logs
+from .native import bindings, quiet_native_logs
 from .parts import Audio, Image, Message, Text
 from .template import render_prompt
 
@@ -64,9 +64,7 @@ class LocalEngine:
     """Owns one llama model + context and one mtmd context. Not thread-safe."""
 
     def __init__(self, config: EngineConfig, pair: ModelPair, *, n_ctx: int, max_image_tokens: int = 0) -> None:
-        import llama_cpp
-        from llama_cpp import mtmd_cpp
-
+        llama_cpp, mtmd_cpp = bindings()
         self._L = llama_cpp
         self._M = mtmd_cpp
         self.config = config
