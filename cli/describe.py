@@ -17,7 +17,7 @@ from .options import (
     input_args,
     with_common,
 )
-from .runner import Runner, ensure_output_dir, output_path_for, read_files_from
+from .runner import Runner, read_files_from
 from .transcribe import dry_run_plans
 
 FORMATS = ["txt", "json", "jsonl"]
@@ -56,7 +56,6 @@ def command(
 
     from gemmapipe.core.engine.grammar import load_schema
     from gemmapipe.core.media.source import open_input
-    from gemmapipe.core.sink import open_sink
     from gemmapipe.core.tasks.describe import DEFAULT_PROMPT, DescribeOptions, describe, n_ctx_for
     from gemmapipe.core.writers import get_description_writer
 
@@ -76,28 +75,9 @@ def command(
                 out.write(describe(src, engine_for, options))
 
     try:
-        if output_dir is not None:
-            ensure_output_dir(output_dir)
-
-            def to_file(spec: str) -> None:
-                target = output_path_for(output_dir, spec, fmt)
-                if skip_existing and target.exists():
-                    runner.info(f"{target} exists: skipped")
-                    return
-                with open_sink(target) as out:
-                    writer = get_description_writer(fmt, out)
-                    one(spec, writer)
-                    writer.close()
-
-            return runner.each_input(inputs, to_file, fail_fast=fail_fast, jobs=runner.jobs)
-        with open_sink(common.output) as out:
-            writer = get_description_writer(fmt, out, with_file=several)
-            on_error = (lambda spec, exc: writer.error(spec, exc.reason)) if errors_as_records else None
-            try:
-                return runner.each_input(inputs, lambda s: one(s, writer), fail_fast=fail_fast, on_error=on_error,
-                                         jobs=runner.jobs)
-            finally:
-                writer.close()
+        return runner.write_batch(inputs, one, make_writer=lambda out, **kw: get_description_writer(fmt, out, **kw),
+                                  ext=fmt, output_dir=output_dir, fail_fast=fail_fast, skip_existing=skip_existing,
+                                  errors_as_records=errors_as_records)
     finally:
         runner.close()
 

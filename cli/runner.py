@@ -256,6 +256,36 @@ class Runner:
                               None if not fail_fast else "stopped at the first failure (--fail-fast)")
         return ExitStatus.OK
 
+    def write_batch(self, inputs: list[str], work: Callable[[str, Any], None], *, make_writer: Callable[..., Any],
+                    ext: str, output_dir: Path | None, fail_fast: bool = False, skip_existing: bool = False,
+                    errors_as_records: bool = False) -> int:
+        """Route each input's result: one stream (stdout or -o) through one writer, or with
+        --output-dir one atomically written <stem>.<ext> file per input. `work(spec, writer)`."""
+        from gemmapipe.core.sink import open_sink
+
+        if output_dir is not None:
+            ensure_output_dir(output_dir)
+
+            def to_file(spec: str) -> None:
+                target = output_path_for(output_dir, spec, ext)
+                if skip_existing and target.exists():
+                    self.info(f"{target} exists: skipped")
+                    return
+                with open_sink(target) as out:
+                    writer = make_writer(out)
+                    work(spec, writer)
+                    writer.close()
+
+            return self.each_input(inputs, to_file, fail_fast=fail_fast, jobs=self.jobs)
+        with open_sink(self.common.output) as out:
+            writer = make_writer(out, with_file=len(inputs) > 1)
+            on_error = (lambda spec, exc: writer.error(spec, exc.reason)) if errors_as_records else None
+            try:
+                return self.each_input(inputs, lambda spec: work(spec, writer), fail_fast=fail_fast,
+                                       on_error=on_error, jobs=self.jobs)
+            finally:
+                writer.close()
+
     @contextlib.contextmanager
     def ordered_output(self, writer: T) -> Iterator[T]:
         """Wrap the writes of one input. Sequential runs write through. Under -j the calls are

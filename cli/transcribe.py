@@ -18,7 +18,7 @@ from .options import (
     input_args,
     with_common,
 )
-from .runner import Runner, ensure_output_dir, output_path_for, read_files_from
+from .runner import Runner, read_files_from
 
 FORMATS = ["txt", "srt", "vtt", "json", "jsonl", "tsv"]
 
@@ -67,10 +67,8 @@ def run_segments(inputs: list[str], *, runner: Runner, fmt: str | None, output_d
                  errors_as_records: bool = False) -> int:
     """Shared by transcribe and diarize: one writer per stream (or per file with --output-dir)."""
     from gemmapipe.core.media.source import open_input
-    from gemmapipe.core.sink import open_sink
     from gemmapipe.core.writers import get_writer
 
-    common = runner.common
     runner.model_pair()  # a missing or wrong model fails before any decoding (exit 4)
     several = len(inputs) > 1
     fmt = fmt or ("jsonl" if several and output_dir is None else "txt")
@@ -87,28 +85,9 @@ def run_segments(inputs: list[str], *, runner: Runner, fmt: str | None, output_d
             out.end(src.name, info)
 
     try:
-        if output_dir is not None:
-            ensure_output_dir(output_dir)
-
-            def to_file(spec: str) -> None:
-                target = output_path_for(output_dir, spec, fmt)
-                if skip_existing and target.exists():
-                    runner.info(f"{target} exists: skipped")
-                    return
-                with open_sink(target) as out:
-                    writer = get_writer(fmt, out)
-                    process(spec, writer)
-                    writer.close()
-
-            return runner.each_input(inputs, to_file, fail_fast=fail_fast, jobs=runner.jobs)
-        with open_sink(common.output) as out:
-            writer = get_writer(fmt, out, with_file=several)
-            on_error = (lambda spec, exc: writer.error(spec, exc.reason)) if errors_as_records else None
-            try:
-                return runner.each_input(inputs, lambda spec: process(spec, writer), fail_fast=fail_fast,
-                                         on_error=on_error, jobs=runner.jobs)
-            finally:
-                writer.close()
+        return runner.write_batch(inputs, process, make_writer=lambda out, **kw: get_writer(fmt, out, **kw), ext=fmt,
+                                  output_dir=output_dir, fail_fast=fail_fast, skip_existing=skip_existing,
+                                  errors_as_records=errors_as_records)
     finally:
         runner.close()
 
