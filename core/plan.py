@@ -78,8 +78,9 @@ def plan_input(
 
     if want_frames and kind == "image":
         assert info.width and info.height
-        w, h = fit_size(info.width, info.height, min_tokens=min(image_min_tokens, image_tokens),
-                        max_tokens=image_tokens)
+        w, h = fit_size(
+            info.width, info.height, min_tokens=min(image_min_tokens, image_tokens), max_tokens=image_tokens
+        )
         plan.update(frames=1, image_size=[w, h], frame_size=[w, h], tokens_per_frame=tokens_for(w, h))
         tokens["image"] = tokens_for(w, h)
     elif want_frames:
@@ -89,8 +90,7 @@ def plan_input(
         fp = frame_plan(vdur, fps=fps, start_ms=start_ms, end_ms=end_ms, max_frames=max_frames)
         n = fp.count
         per = tokens_for(w, h)
-        plan.update(frames=n, frame_size=[w, h], tokens_per_frame=per,
-                    fps=round(1000 / float(fp.step), 6))
+        plan.update(frames=n, frame_size=[w, h], tokens_per_frame=per, fps=round(1000 / float(fp.step), 6))
         tokens["frames"] = None if n is None else n * per
         if n is None:
             plan["notes"].append("duration unknown (a pipe): frame count known only after decoding")

@@ -34,8 +34,9 @@ AUDIO_FORMATS: dict[str, tuple[str, str, int | None, dict[str, str]]] = {
 }
 
 
-def signal(kind: str, seconds: float, sr: int, channels: int, *, freq: float = 440.0, amplitude: float = 0.5,
-           seed: int = 0) -> np.ndarray:
+def signal(
+    kind: str, seconds: float, sr: int, channels: int, *, freq: float = 440.0, amplitude: float = 0.5, seed: int = 0
+) -> np.ndarray:
     """float32 samples shaped (channels, n): a sine (each channel a different frequency), noise or silence."""
     n = round(seconds * sr)
     t = np.arange(n, dtype=np.float64) / sr
@@ -79,8 +80,17 @@ def _encode_audio(container: Any, data: np.ndarray, sr: int, codec: str, options
     container.mux(stream.encode(None))
 
 
-def write_tone(path: str | Path, fmt: str = "wav", seconds: float = 1.0, sr: int = 16000, channels: int = 1,
-               *, kind: str = "sine", freq: float = 440.0, amplitude: float = 0.5) -> Path:
+def write_tone(
+    path: str | Path,
+    fmt: str = "wav",
+    seconds: float = 1.0,
+    sr: int = 16000,
+    channels: int = 1,
+    *,
+    kind: str = "sine",
+    freq: float = 440.0,
+    amplitude: float = 0.5,
+) -> Path:
     """An audio-only file: `fmt` is a key of AUDIO_FORMATS (wav, flac, mp3, ogg, opus, m4a, mp4, mkv, webm...)."""
     import av
 
@@ -139,10 +149,21 @@ def frame_index_of(pixels: np.ndarray) -> int:
     return round(float(pixels[..., 0].mean()) / 10)
 
 
-def write_video(path: str | Path, seconds: float = 2.0, fps: int = 10, size: tuple[int, int] = (160, 96),
-                with_audio: bool = False, *, moov_at_end: bool = True, codec: str | None = None,
-                rotation: int = 0, split: bool = False, audio_codec: str | None = None,
-                gop: int | None = None) -> Path:
+def write_video(
+    path: str | Path,
+    seconds: float = 2.0,
+    fps: int = 10,
+    size: tuple[int, int] = (160, 96),
+    with_audio: bool = False,
+    *,
+    moov_at_end: bool = True,
+    codec: str | None = None,
+    rotation: int = 0,
+    split: bool = False,
+    audio_codec: str | None = None,
+    gop: int | None = None,
+    preset: str = "ultrafast",
+) -> Path:
     """A short video; the container comes from the suffix (.mp4 .mov .mkv .webm .avi .ts).
 
     Frame i is flat `frame_color(i)` (or, with `split`, that colour on top and black below, to check
@@ -153,8 +174,15 @@ def write_video(path: str | Path, seconds: float = 2.0, fps: int = 10, size: tup
 
     path = Path(path)
     suffix = path.suffix.lower()
-    fmt = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm",
-           ".avi": "avi", ".ts": "mpegts"}[suffix]
+    fmt = {
+        ".mp4": "mp4",
+        ".m4v": "mp4",
+        ".mov": "mov",
+        ".mkv": "matroska",
+        ".webm": "webm",
+        ".avi": "avi",
+        ".ts": "mpegts",
+    }[suffix]
     if codec is None:
         codec = "libvpx-vp9" if fmt == "webm" else "libx264"
     if audio_codec is None:
@@ -171,7 +199,7 @@ def write_video(path: str | Path, seconds: float = 2.0, fps: int = 10, size: tup
         vs.time_base = Fraction(1, fps)
         opts = {"crf": "18"} if codec == "libx264" else {}
         if codec == "libx264":
-            opts["preset"] = "ultrafast"
+            opts["preset"] = preset  # "ultrafast" has no B-frames; "veryfast" has (3, pyramid)
         if codec.startswith("libvpx"):
             opts = {"deadline": "realtime", "cpu-used": "8", "crf": "20", "b": "0"}
         vs.codec_context.options = opts
@@ -208,9 +236,17 @@ def write_video(path: str | Path, seconds: float = 2.0, fps: int = 10, size: tup
     return path
 
 
-def write_image(path: str | Path, size: tuple[int, int] = (64, 48), *, mode: str = "RGB", fmt: str | None = None,
-                color: Any = None, exif_orientation: int | None = None, frames: int = 1,
-                split: bool = False) -> Path:
+def write_image(
+    path: str | Path,
+    size: tuple[int, int] = (64, 48),
+    *,
+    mode: str = "RGB",
+    fmt: str | None = None,
+    color: Any = None,
+    exif_orientation: int | None = None,
+    frames: int = 1,
+    split: bool = False,
+) -> Path:
     """An image via Pillow.  `fmt` defaults from the suffix; `frames` > 1 writes an animated GIF/PNG/WebP.
 
     `split`: red top half, blue bottom half (to check orientation).  `exif_orientation` 1..8 is stored

@@ -10,6 +10,7 @@ import pytest
 from gemmapipe.core.errors import BadInput, UsageError
 from gemmapipe.core.media.audio import SAMPLE_RATE, WINDOW, AudioBlock, iter_audio, read_audio, windows_for
 from gemmapipe.core.media.source import open_input
+
 from media_factory import signal, write_float_wav, write_image, write_tone, write_video
 
 
@@ -166,3 +167,102 @@ def test_mono_16k_float_wav_is_bit_exact(tmp_path: Path) -> None:
     p = write_float_wav(tmp_path / "exact.wav", x)
     with open_input(str(p)) as src:
         np.testing.assert_array_equal(read_audio(src), x)
+
+
+# ------------------------------------------------------------------------- helper decoding processes
+
+
+class _SpyPool:
+    """Wraps audio._Pool to record the pools created (and check they are cleaned up)."""
+
+    made: list = []  # noqa: RUF012
+
+    def __init__(self, real: type) -> None:
+        self.real = real
+
+    def __call__(self, n: int):  # type: ignore[no-untyped-def]
+        pool = self.real(n)
+        _SpyPool.made.append(pool)
+        return pool
+
+
+@pytest.fixture
+def small_pieces(monkeypatch: pytest.MonkeyPatch) -> list:
+    from gemmapipe.core.media import audio
+
+    monkeypatch.setattr(audio, "PROCESS_MIN_SECONDS", 1.0)
+    monkeypatch.setattr(audio, "SEGMENT_SECONDS", 2.0)
+    monkeypatch.setattr(audio, "SEGMENT_MIN_SECONDS", 4.0)
+    monkeypatch.setattr(audio, "IDLE_CPUS_FOR_HELPERS", -1e9)  # whatever the machine's load
+    monkeypatch.delenv("GEMMAPIPE_AUDIO_PROCS", raising=False)
+    _SpyPool.made = []
+    monkeypatch.setattr(audio, "_Pool", _SpyPool(audio._Pool))
+    return _SpyPool.made
+
+
+def _in_process(p: Path, monkeypatch: pytest.MonkeyPatch) -> np.ndarray:
+    with monkeypatch.context() as m:
+        m.setenv("GEMMAPIPE_AUDIO_PROCS", "0")
+        with open_input(str(p)) as src:
+            return read_audio(src)
+
+
+@pytest.mark.parametrize(("sr", "channels"), [(44100, 2), (22050, 1)])
+def test_mp3_pieces_decoded_in_helpers_are_bit_exact(
+    tmp_path: Path, sr: int, channels: int, small_pieces: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = write_tone(tmp_path / "long.mp3", "mp3", 6.5, sr, channels, kind="noise")
+    with open_input(str(p)) as src:
+        got = read_audio(src)
+    import os
+
+    cpus = len(os.sched_getaffinity(0))
+    assert len(small_pieces) == 1 and small_pieces[0].size == min(2, cpus)  # two helpers, three pieces
+    assert all(proc.poll() is not None for proc in small_pieces[0].procs)  # and are gone
+    ref = _in_process(p, monkeypatch)
+    assert got.shape == ref.shape
+    np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("fmt", ["m4a", "flac"])
+def test_whole_stream_in_one_helper(
+    tmp_path: Path, fmt: str, small_pieces: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = write_tone(tmp_path / f"a.{fmt}", fmt, 3.0, 44100, 2, kind="noise")
+    with open_input(str(p)) as src:
+        got = read_audio(src)
+    assert len(small_pieces) == 1 and small_pieces[0].size == 1
+    np.testing.assert_array_equal(got, _in_process(p, monkeypatch))
+
+
+def test_helpers_stop_when_the_reader_stops(tmp_path: Path, small_pieces: list) -> None:
+    p = write_tone(tmp_path / "long.mp3", "mp3", 6.5, 44100, 2, kind="noise")
+    with open_input(str(p)) as src:
+        blocks = iter_audio(src, block_samples=4000)
+        first = next(blocks)
+        blocks.close()
+    assert first.offset == 0
+    assert all(proc.poll() is not None for proc in small_pieces[0].procs)
+
+
+def test_helpers_report_bad_input(tmp_path: Path, small_pieces: list) -> None:
+    p = write_tone(tmp_path / "long.flac", "flac", 4.0, 44100, 1, kind="noise")
+    with open_input(str(p)) as src:
+        # damage the file after it was opened: the helpers meet the corruption while decoding
+        data = bytearray(p.read_bytes())
+        p.write_bytes(bytes(data[: len(data) // 2]))
+        with pytest.raises(BadInput, match="truncated|corrupt|decod"):
+            read_audio(src)
+
+
+def test_falls_back_when_helpers_cannot_run(
+    tmp_path: Path, small_pieces: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    p = write_tone(tmp_path / "a.m4a", "m4a", 3.0, 44100, 1, kind="noise")
+    ref = _in_process(p, monkeypatch)
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # helpers exit at once
+    with open_input(str(p)) as src:
+        got = read_audio(src)
+    np.testing.assert_array_equal(got, ref)

@@ -12,6 +12,7 @@ from gemmapipe.core.errors import BadInput, UsageError
 from gemmapipe.core.media.frames import Frame, frame_plan, frame_size, iter_frames
 from gemmapipe.core.media.geometry import PATCH, tokens_for
 from gemmapipe.core.media.source import open_input
+
 from media_factory import frame_color, frame_index_of, truncate, write_image, write_tone, write_video
 
 
@@ -129,3 +130,16 @@ def test_frame_plan() -> None:
     assert fp.count == 60 and fp.step == Fraction(60_000)
     fp = frame_plan(400, fps=1.0, start_ms=100)  # shorter than a step: still one frame
     assert fp.count == 1 and fp.t_ms(0) == 100
+
+
+def test_skipping_unshown_frames_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gemmapipe.core.media import frames as frames_mod
+
+    p = write_video(tmp_path / "b.mp4", seconds=2.4, fps=10, preset="veryfast")  # B-frames, some not referenced
+    with open_input(str(p)) as src:
+        fast = [(f.t_ms, f.source_ms, f.pixels) for f in iter_frames(src, fps=3.3)]
+        monkeypatch.setattr(frames_mod, "_NONREF_SKIP", set())
+        full = [(f.t_ms, f.source_ms, f.pixels) for f in iter_frames(src, fps=3.3)]
+    assert [(a, b) for a, b, _ in fast] == [(a, b) for a, b, _ in full]
+    assert all(np.array_equal(x, y) for (_, _, x), (_, _, y) in zip(fast, full, strict=True))
+    assert [frame_index_of(px) for _, _, px in fast] == [t // 100 for t, _, _ in fast]

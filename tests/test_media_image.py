@@ -12,6 +12,7 @@ from gemmapipe.core.errors import BadInput
 from gemmapipe.core.media.geometry import PATCH, fit_size, mtmd_keeps, tokens_for
 from gemmapipe.core.media.image import load_image
 from gemmapipe.core.media.source import open_input
+
 from media_factory import truncate, write_image, write_png_header, write_video
 
 

@@ -14,6 +14,7 @@ from gemmapipe.core.media.geometry import tokens_for
 from gemmapipe.core.media.image import load_image
 from gemmapipe.core.media.source import open_input
 from gemmapipe.core.plan import plan_input
+
 from media_factory import Pipe, write_image, write_tone, write_video
 
 

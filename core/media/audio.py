@@ -1,14 +1,26 @@
 """Audio: any codec, sample rate or channel layout -> float32 mono 16 kHz in [-1, 1], streamed in blocks.
 
-Decoding is PyAV; resampling and downmixing are libswresample (through PyAV's AudioResampler) with
-`rematrix_maxval=1`, so a downmix is the mean of the channels and can never clip (ffmpeg's `-ac 1`
-instead keeps -3 dB per channel, which clips a loud stereo file).
+Decoding is PyAV.  Mono and stereo are mixed to mono as the mean of the channels (other layouts by
+libswresample with `rematrix_maxval=1`, also a mix that cannot clip; ffmpeg's `-ac 1` instead keeps
+-3 dB per channel, which clips a loud stereo file), then resampled to 16 kHz by libswresample with
+its default filter (the same as the ffmpeg CLI's).
 
 Positions are integer sample counts at 16 kHz from the first decoded sample of the input: a block's
 `offset` is exact however long the input (no float accumulation).  Trimming with start_ms/end_ms keeps
 offsets relative to the start of the input.  A start is reached by seeking only in containers with an
 exact index (wav, flac, ogg, mp4/mov, mkv/webm, ...); otherwise (mp3, adts, pipes) the decoder runs from
 the beginning and drops what comes before, so offsets stay exact.
+
+Where the work runs.  Short inputs, pipes and trimmed starts: a decoding thread feeds the resampler in
+the caller's thread.  Files of PROCESS_MIN_SECONDS or more: helper processes
+(`python -m gemmapipe.core.media._audio_worker`) decode and the caller resamples, since PyAV hands the
+GIL back and forth on every packet and two Python threads cannot both decode at speed.  Long MP3s
+(SEGMENT_MIN_SECONDS or more) are cut into SEGMENT_SECONDS pieces decoded by up to four helpers at once;
+each piece is started SEGMENT_PREROLL packets early to rebuild the decoder state, so the result is
+bit-identical to one sequential decode.  Memory stays bounded: a few pieces (about 10 MB each) in flight.
+Helpers are only started when a core is idle (IDLE_CPUS_FOR_HELPERS, from the load average): on a busy
+machine they cost more CPU than they save.  GEMMAPIPE_AUDIO_PROCS=0 keeps everything in this process,
+=N uses up to N helpers whatever the load; if helpers cannot start, decoding falls back to this process.
 
 Non-finite samples (NaN/inf, e.g. from a float WAV): SANITIZED, not refused -- each is replaced with 0
 (silence), every sample is clipped to [-1, 1], the block's `nonfinite` counts the replacements and one
@@ -22,7 +34,11 @@ raised at that point ("truncated").
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import json
 import queue
+import struct
 import threading
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -104,10 +120,35 @@ def check_range(start_ms: int | None, end_ms: int | None) -> tuple[int, int | No
 
 
 _CHUNK = 1 << 16
-"""Native-rate samples handed from the decoding thread to the resampler at a time."""
+"""Native-rate samples handed from a decoding thread to the resampler at a time."""
 
 _QUEUE = 6
-"""Chunks in flight between the threads (bounds memory: ~6 x 65536 samples)."""
+"""Chunks in flight between the sequential decoding thread and the resampler."""
+
+PROCESS_MIN_SECONDS = 60.0
+"""Files at least this long (and not trimmed at the start) are decoded in helper processes, so decoding
+runs beside the resampler without contending for the GIL (PyAV hands the GIL back and forth per
+packet, which costs more than it saves with threads)."""
+
+SEGMENT_SECONDS = 60.0
+"""Length of the pieces long MP3/MP2 files are cut into, decoded by several helper processes."""
+
+SEGMENT_MIN_SECONDS = 180.0
+"""Files shorter than this are decoded by one helper process."""
+
+IDLE_CPUS_FOR_HELPERS = 0.75
+"""Helpers are used only when about this many CPUs are idle (CPUs minus the 1-minute load average):
+on a machine already busy they cost more CPU than they save.  GEMMAPIPE_AUDIO_PROCS=N forces them."""
+
+_ENV_PROCS = "GEMMAPIPE_AUDIO_PROCS"
+"""Environment: "0" keeps all decoding in this process; a number caps the helper processes."""
+
+SEGMENT_PREROLL = 10
+"""Packets decoded and thrown away before a piece starts, to rebuild the decoder's state (the MP3 bit
+reservoir and filter-bank overlap need 2-3 frames), so each piece continues the previous one exactly."""
+
+_SEGMENT_CODECS = {"mp3float", "mp3", "mp2float", "mp2"}
+_SEGMENT_FORMATS = {"mp3"}  # raw MPEG audio: packet byte positions are exact frame starts after a seek
 
 _INT_SCALE = {"u8": 1 / 128, "s16": 1 / 32768, "s32": 1 / 2**31, "s64": 1 / 2**63}
 
@@ -122,73 +163,371 @@ def _to_float(frame: Any) -> np.ndarray:
     if not fmt.is_planar:
         arr = arr.reshape(-1, len(frame.layout.channels)).T
     if base == "flt":
-        return arr  # type: ignore[no-any-return]
+        return arr
     if base == "dbl":
-        return arr.astype(np.float32)  # type: ignore[no-any-return]
+        return arr.astype(np.float32)
     if base == "u8":
-        return (arr.astype(np.float32) - 128.0) * np.float32(1 / 128)  # type: ignore[no-any-return]
-    return arr.astype(np.float32) * np.float32(_INT_SCALE[base])  # type: ignore[no-any-return]
+        return (arr.astype(np.float32) - 128.0) * np.float32(1 / 128)
+    return arr.astype(np.float32) * np.float32(_INT_SCALE[base])
 
 
 @dataclass
 class _Chunk:
     rate: int
-    layout: str  # "mono" after a stereo/mono downmix, else the input layout (swr downmixes)
-    data: np.ndarray  # (n,) mono or (channels, n) planar float32
+    layout: str  # "mono" after a mono/stereo downmix, else the input layout (swr downmixes it)
+    data: np.ndarray  # (n,) mono, or (channels, n) planar float32
 
 
 class _Restart(Exception):
-    """The seek landed after the start: decode again from the beginning."""
+    """A seek landed after the start: decode again from the beginning."""
+
+
+class _HelperFailed(Exception):
+    """A helper process could not start or died: decode in this process instead."""
+
+
+def _swr_layout(name: str, channels: int) -> bool:
+    """Whether libswresample knows this layout by name, with this many channels (then it downmixes)."""
+    import av
+
+    if channels > 8:
+        return False
+    try:
+        return len(av.AudioLayout(name).channels) == channels
+    except Exception:
+        return False
+
+
+class _Collector:
+    """Gathers decoded frames into ~_CHUNK-sample chunks (stereo averaged to mono) and hands them on."""
+
+    def __init__(self, put: Any) -> None:
+        self.put = put
+        self.chans: list[list[np.ndarray]] = []
+        self.have = 0
+        self.key: tuple[int, str, str] | None = None
+        self.fltp = False
+        self.samples = 0  # native samples collected in all
+        self.rate = 1
+
+    def add(self, frame: Any) -> None:
+        import numpy as np
+
+        fname = frame.format.name
+        k = (frame.sample_rate, fname, frame.layout.name)
+        if k != self.key:
+            self.flush()
+            self.key = k
+            self.rate = max(1, k[0])
+            self.fltp = fname == "fltp"
+            self.chans = [[] for _ in range(len(frame.layout.channels))]
+        n = frame.samples
+        if self.fltp:
+            for c, plane in zip(self.chans, frame.planes, strict=False):
+                c.append(np.frombuffer(plane, np.float32, n))
+        else:
+            for c, row in zip(self.chans, _to_float(frame), strict=False):
+                c.append(row)
+        self.have += n
+        self.samples += n
+        if self.have >= _CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        import numpy as np
+
+        if not self.have or self.key is None:
+            return
+        rows = [c[0] if len(c) == 1 else np.concatenate(c) for c in self.chans]
+        if len(rows) == 2:  # stereo: the channel mean (cannot clip)
+            chunk = _Chunk(self.key[0], "mono", (rows[0] + rows[1]) * np.float32(0.5))
+        elif len(rows) == 1:
+            chunk = _Chunk(self.key[0], "mono", rows[0])
+        elif _swr_layout(self.key[2], len(rows)):  # 5.1 and friends: swr's downmix (weights centre, drops LFE)
+            chunk = _Chunk(self.key[0], self.key[2], np.stack(rows))
+        else:  # a layout swr cannot name: the plain mean
+            mixed: np.ndarray = np.stack(rows).mean(axis=0, dtype=np.float32)
+            chunk = _Chunk(self.key[0], "mono", mixed)
+        self.put(("chunk", chunk))
+        self.chans = [[] for _ in self.chans]
+        self.have = 0
+
+
+def _put_until(q: queue.Queue[Any], stop: threading.Event, item: Any) -> None:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+def _stop_worker(stop: threading.Event, q: queue.Queue[Any], worker: threading.Thread) -> None:
+    """Stop a decoding thread that may be blocked on a full queue."""
+    stop.set()
+    while worker.is_alive():
+        with contextlib.suppress(queue.Empty):
+            while True:
+                q.get_nowait()
+        worker.join(0.05)
+
+
+def _idle_cpus(cpus: int) -> float:
+    import os
+
+    try:
+        return cpus - os.getloadavg()[0]
+    except OSError:  # pragma: no cover - no load average on this system
+        return float(cpus)
+
+
+def _seek(container: Any, stream: Any, seek: list[Any]) -> None:
+    kind, target = seek
+    if kind == "byte":
+        container.seek(int(target), unsupported_byte_offset=True)
+    elif kind in ("time", "start"):
+        container.seek(int(target), stream=stream, backward=True, any_frame=False)
+
+
+_MSG = struct.Struct("<cII")  # message type, job id, payload length
+_CHUNK_HEAD = struct.Struct("<IIH")  # rate, channels, layout name length
+
+
+def send_item(out: Any, job: int, kind: str, item: Any) -> None:
+    """Write one decoded item to a helper process's stdout (see _Pool._read)."""
+    if kind == "chunk":
+        data = item.data
+        layout = item.layout.encode()
+        channels = 1 if data.ndim == 1 else int(data.shape[0])
+        head = _CHUNK_HEAD.pack(item.rate, channels, len(layout)) + layout
+        body = memoryview(data).cast("B")
+        out.write(_MSG.pack(b"C", job, len(head) + len(body)) + head)
+        out.write(body)
+        return
+    if kind == "start":
+        payload = struct.pack("<q", int(item))
+    else:
+        payload = json.dumps(item).encode() if kind in ("end", "error") else str(item).encode()
+    out.write(_MSG.pack({"start": b"S", "end": b"E", "error": b"X", "warn": b"W"}[kind], job, len(payload)) + payload)
+
+
+class _Pool:
+    """Helper processes (python -m gemmapipe.core.media._audio_worker) that decode audio jobs.
+
+    Jobs go in as JSON lines on a worker's stdin; decoded chunks come back on its stdout, read by one
+    thread per worker into a bounded queue per job (back-pressure reaches the worker through the pipe).
+    """
+
+    def __init__(self, n: int) -> None:
+        import subprocess
+        import sys
+
+        self.procs: list[Any] = []
+        self.queues: dict[int, queue.Queue[Any]] = {}
+        self.pending: list[list[int]] = [[] for _ in range(n)]
+        self.owner: dict[int, int] = {}  # id(job queue) -> helper index
+        self.lock = threading.Lock()
+        self.next_job = 0
+        self.readers: list[threading.Thread] = []
+        try:
+            for w in range(n):
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "gemmapipe.core.media._audio_worker"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                )
+                self.procs.append(proc)
+                t = threading.Thread(target=self._read, args=(w,), name=f"gemmapipe-audio-reader-{w}", daemon=True)
+                t.start()
+                self.readers.append(t)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def size(self) -> int:
+        return len(self.procs)
+
+    def get(self, q: queue.Queue[Any]) -> tuple[str, Any]:
+        """The next item of a job; a helper whose reader has stopped without a word fails the job."""
+        w = self.owner.get(id(q), 0)
+        while True:
+            try:
+                item: tuple[str, Any] = q.get(timeout=0.5)
+                return item
+            except queue.Empty:
+                if not self.readers[w].is_alive() and q.empty():
+                    return ("error", {"type": "died", "reason": "helper process stopped answering"})
+
+    def submit(self, w: int, job: dict[str, Any]) -> queue.Queue[Any]:
+        q: queue.Queue[Any] = queue.Queue(maxsize=64)
+        with self.lock:
+            jid = self.next_job
+            self.next_job += 1
+            self.queues[jid] = q
+            self.pending[w].append(jid)
+            self.owner[id(q)] = w
+        proc = self.procs[w]
+        try:
+            proc.stdin.write(json.dumps({**job, "job": jid}).encode() + b"\n")
+            proc.stdin.flush()
+        except OSError:
+            q.put(("error", {"type": "died", "reason": "helper process is gone"}))
+        return q
+
+    def _read(self, w: int) -> None:
+        import numpy as np
+
+        f = self.procs[w].stdout
+        try:
+            while True:
+                head = f.read(_MSG.size)
+                if len(head) < _MSG.size:
+                    break
+                kind, jid, n = _MSG.unpack(head)
+                payload = f.read(n) if n else b""
+                if len(payload) < n:
+                    break
+                q = self.queues.get(jid)
+                if q is None:
+                    continue
+                if kind == b"C":
+                    rate, channels, ln = _CHUNK_HEAD.unpack_from(payload)
+                    off = _CHUNK_HEAD.size
+                    layout = payload[off : off + ln].decode()
+                    data = np.frombuffer(payload, dtype=np.float32, offset=off + ln)
+                    if channels > 1:
+                        data = data.reshape(channels, -1)
+                    q.put(("chunk", _Chunk(rate, layout, data)))
+                elif kind == b"S":
+                    q.put(("start", struct.unpack("<q", payload)[0]))
+                elif kind == b"W":
+                    q.put(("warn", payload.decode(errors="replace")))
+                else:
+                    with self.lock:
+                        if jid in self.pending[w]:
+                            self.pending[w].remove(jid)
+                    q.put(("end" if kind == b"E" else "error", json.loads(payload)))
+        except BaseException:  # any failure here: the jobs of this helper fail (and fall back)
+            pass
+        with self.lock:
+            orphans = list(self.pending[w])
+            self.pending[w].clear()
+        for jid in orphans:
+            q = self.queues.get(jid)
+            if q is not None:
+                q.put(("error", {"type": "died", "reason": "helper process exited"}))
+
+    def close(self) -> None:
+        busy = any(self.pending)
+        for jid, q in list(self.queues.items()):  # unblock readers waiting on full queues
+            del self.queues[jid]
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    q.get_nowait()
+        for proc in self.procs:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+            if busy:
+                with contextlib.suppress(OSError):
+                    proc.kill()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=5)
+            except Exception:
+                with contextlib.suppress(OSError):
+                    proc.kill()
+                proc.wait()
+        for t in self.readers:
+            t.join(1)
+
+
+def _audio_stream(container: Any, name: str) -> Any:
+    from .probe import pick_streams
+
+    _, stream = pick_streams(container)
+    if stream is None:
+        raise BadInput(name, "has no decodable audio stream")
+    return stream
 
 
 class _Decoder:
-    """Two threads: PyAV demux+decode (+ stereo downmix) in a worker, libswresample in the caller.
+    """Decoding threads feed native-rate chunks to libswresample in the caller's thread.
 
     `chunks()` yields (position, samples) pairs of 16 kHz mono float32, positions contiguous from the
-    first kept sample (>= start).  Both PyAV's decoder and its filter graph release the GIL, so on two
-    cores decoding and resampling overlap.
+    first kept sample (>= start).  PyAV's decoder and filter graph release the GIL, so decoding and
+    resampling overlap; long MP3/FLAC files are also cut into pieces decoded on several cores.
     """
 
-    def __init__(self, source: Source, start: int, end: int | None, *, allow_seek: bool = True) -> None:
+    def __init__(
+        self, source: Source, start: int, end: int | None, *, allow_seek: bool = True, allow_procs: bool = True
+    ) -> None:
         self.source = source
         self.start = start
         self.end = end
         self.allow_seek = allow_seek
+        self.allow_procs = allow_procs
         self.errors = 0
-        self.in_end_s = 0.0  # where the decoded input ended, in seconds from the stream origin
+        self._lock = threading.Lock()
 
-    # -- worker thread ---------------------------------------------------------------------------
+    # -- shared ----------------------------------------------------------------------------------
 
-    def _produce(self, q: queue.Queue[Any], stop: threading.Event) -> None:
-        def put(item: Any) -> None:
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.1)
-                    return
-                except queue.Full:
-                    continue
+    def _decode_error(self) -> None:
+        with self._lock:
+            self.errors += 1
+        self.source.warn(f"{self.source.name}: undecodable audio packets were skipped")
+        if self.errors > MAX_DECODE_ERRORS:
+            raise BadInput(self.source.name, "is corrupt: too many audio packets cannot be decoded")
+
+    def _decode_packet(self, stream: Any, packet: Any) -> list[Any]:
+        import av
 
         try:
-            self._decode(put, stop)
-            put(("end", None))
-        except BaseException as e:  # handed to the consumer, raised there
-            put(("error", e))
+            frames: list[Any] = stream.decode(packet)
+            return frames
+        except av.error.EOFError:
+            return []
+        except av.error.FFmpegError:
+            self._decode_error()
+            return []
 
-    def _decode(self, put: Any, stop: threading.Event) -> None:
+    def _check_complete(self, container: Any, stream: Any, fmt: str, end_s: float) -> None:
+        if fmt not in _DURATION_TRUSTED:
+            return
+        declared: float | None = None
+        tol = 0.0
+        if stream.duration and stream.time_base is not None:
+            declared = float(stream.duration * stream.time_base)
+            tol = max(0.5, 0.02 * declared)
+        elif container.duration and len(container.streams) == 1:
+            declared = container.duration / 1_000_000
+            tol = max(1.0, 0.05 * declared)
+        if declared is None or declared <= 0:
+            return
+        if end_s < declared - tol:
+            raise BadInput(
+                self.source.name,
+                f"is truncated: its audio stops at {end_s:.1f} s but its header says {declared:.1f} s",
+                "re-download or re-export it",
+            )
+
+    # -- one decoding thread ---------------------------------------------------------------------
+
+    def _sequential(self, put: Any, stop: threading.Event) -> None:
+        """Decode the whole stream (from the start, or from a seek near `start`), handing items to `put`."""
+        for item in self._sequential_gen(stop):
+            put(item)
+
+    def _sequential_gen(self, stop: threading.Event) -> Iterator[tuple[str, Any]]:
         import av
-        import numpy as np
 
-        from .probe import pick_streams
         from .source import av_bad_input
 
         src = self.source
-        name = src.name
         container = src.open_av()
         try:
-            _, stream = pick_streams(container)
-            if stream is None:
-                raise BadInput(name, "has no decodable audio stream")
-            stream.thread_type = "AUTO"  # type: ignore[attr-defined]
+            stream = _audio_stream(container, src.name)
             tb = stream.time_base
             origin = stream.start_time or 0
             fmt = container.format.name
@@ -203,27 +542,9 @@ class _Decoder:
                 target_s = self.start / SAMPLE_RATE - 1.0
                 container.seek(origin + int(target_s / tb), stream=stream, backward=True, any_frame=False)
             started = False
-            in_pos = 0
             in_origin_s = 0.0
-            chans: list[list[np.ndarray]] = []  # per channel, the 1-D float32 pieces of the current chunk
-            have = 0
-            key: tuple[int, str, str] | None = None
-            fltp = False
-            rate = 1
-
-            def flush() -> None:
-                nonlocal chans, have
-                if not have or key is None:
-                    return
-                rows = [c[0] if len(c) == 1 else np.concatenate(c) for c in chans]
-                if len(rows) == 2:  # stereo: the channel mean (cannot clip)
-                    put(("chunk", _Chunk(key[0], "mono", (rows[0] + rows[1]) * np.float32(0.5))))
-                elif len(rows) == 1:
-                    put(("chunk", _Chunk(key[0], "mono", rows[0])))
-                else:
-                    put(("chunk", _Chunk(key[0], key[2], np.stack(rows))))
-                chans, have = [[] for _ in chans], 0
-
+            ready: list[tuple[str, Any]] = []
+            collector = _Collector(ready.append)
             demux = container.demux(stream)
             while not stop.is_set():
                 try:
@@ -231,15 +552,8 @@ class _Decoder:
                 except StopIteration:
                     break
                 except av.error.FFmpegError as e:
-                    raise av_bad_input(e, name, during="decode") from None
-                try:
-                    frames = stream.decode(packet)  # type: ignore[attr-defined]
-                except av.error.EOFError:
-                    frames = []
-                except av.error.FFmpegError:
-                    self._decode_error()
-                    continue
-                for frame in frames:
+                    raise av_bad_input(e, src.name, during="decode") from None
+                for frame in self._decode_packet(stream, packet):
                     if not started:
                         started = True
                         pos0 = 0
@@ -249,35 +563,265 @@ class _Decoder:
                             in_origin_s = max(0.0, first_s)
                             if pos0 > self.start:
                                 raise _Restart()
-                        put(("start", pos0))
-                    fname = frame.format.name
-                    k = (frame.sample_rate, fname, frame.layout.name)
-                    if k != key:
-                        flush()
-                        key = k
-                        rate = max(1, k[0])
-                        fltp = fname == "fltp"
-                        chans = [[] for _ in range(len(frame.layout.channels))]
-                    n = frame.samples
-                    if fltp:
-                        for c, plane in zip(chans, frame.planes, strict=False):
-                            c.append(np.frombuffer(plane, np.float32, n))
-                    else:
-                        for c, row in zip(chans, _to_float(frame), strict=False):
-                            c.append(row)
-                    have += n
-                    in_pos += n
-                    if have >= _CHUNK:
-                        flush()
-            self.in_end_s = in_origin_s + in_pos / rate
+                        ready.append(("start", pos0))
+                    collector.add(frame)
+                if ready:
+                    yield from ready
+                    ready.clear()
             if stop.is_set():
                 return
-            flush()
-            self._check_complete(container, stream, fmt)
+            collector.flush()
+            yield from ready
+            self._check_complete(container, stream, fmt, in_origin_s + collector.samples / collector.rate)
         finally:
             container.close()
 
-    # -- caller thread ---------------------------------------------------------------------------
+    def _inline_items(self) -> Iterator[tuple[str, Any]]:
+        """Decoding in the caller's thread: the least CPU, for a machine without an idle core."""
+        yield from self._sequential_gen(threading.Event())
+
+    def _sequential_items(self) -> Iterator[tuple[str, Any]]:
+        q: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE)
+        stop = threading.Event()
+
+        def run() -> None:
+            try:
+                self._sequential(lambda item: _put_until(q, stop, item), stop)
+                _put_until(q, stop, ("end", None))
+            except BaseException as e:  # raised again in the caller's thread
+                _put_until(q, stop, ("error", e))
+
+        worker = threading.Thread(target=run, name="gemmapipe-audio", daemon=True)
+        worker.start()
+        try:
+            while True:
+                try:
+                    kind, item = q.get(timeout=0.5)
+                except queue.Empty:
+                    if worker.is_alive() or not q.empty():
+                        continue
+                    raise RuntimeError(f"{self.source.name}: the audio decoding thread stopped") from None
+                if kind == "error":
+                    raise item
+                if kind == "end":
+                    return
+                yield kind, item
+        finally:
+            _stop_worker(stop, q, worker)
+
+    # -- helper processes ------------------------------------------------------------------------
+
+    def _segment_plan(self) -> tuple[list[int], list[list[Any]]] | None:
+        """Where the pieces of a long MP3/FLAC file start: byte positions of their first packet (after
+        the pre-roll), and the seek ([kind, target]) that reaches each piece's pre-roll."""
+        src = self.source
+        info = src.info
+        if (
+            info is None
+            or src.path is None
+            or info.format not in _SEGMENT_FORMATS
+            or info.audio_codec not in _SEGMENT_CODECS
+        ):
+            return None
+        seconds = (info.audio_duration_ms or info.duration_ms or 0) / 1000
+        size = src.size or 0
+        if seconds < SEGMENT_MIN_SECONDS or size <= 0:
+            return None
+        n = int(seconds // SEGMENT_SECONDS)
+        if n < 2:
+            return None
+        found: dict[int, tuple[int, list[Any]]] = {}
+        with src.open_av() as c:
+            stream = _audio_stream(c, src.name)
+            tb = stream.time_base
+            origin = stream.start_time or 0
+            if tb is None:
+                return None
+            # the last piece is reached by time (first: a time seek after byte seeks goes astray), so the
+            # demuxer knows where it is and trims the encoder's end padding as a sequential decode does;
+            # the others by byte offset (instant; MPEG audio resyncs on the next frame header)
+            order = [n - 1, *range(1, n - 1)]
+            for k in order:
+                seek: list[Any] = (
+                    ["time", origin + int(k * seconds / n / tb)] if k == n - 1 else ["byte", k * size // n]
+                )
+                _seek(c, stream, seek)
+                seen: list[int] = []
+                for packet in c.demux(stream):
+                    seen.append(packet.pos if packet.pos is not None else -1)
+                    if len(seen) > SEGMENT_PREROLL:
+                        break
+                if len(seen) <= SEGMENT_PREROLL:
+                    return None
+                # frame starts must rise steadily after the first (possibly partial) packet
+                if any(b <= a for a, b in itertools.pairwise(seen[1:])):
+                    return None
+                found[k] = (seen[-1], seek)
+        bounds: list[int] = [-1]
+        seeks: list[list[Any]] = [["none", 0]]
+        for k in range(1, n):
+            pos, seek = found[k]
+            if pos <= bounds[-1]:
+                return None
+            bounds.append(pos)
+            seeks.append(seek)
+        return bounds, seeks
+
+    def _segment(
+        self, k: int, bounds: list[int], seeks: list[list[Any]], put: Any, stop: threading.Event, container: Any = None
+    ) -> tuple[int, int]:
+        """Decode piece k (in a helper process); returns (native samples, rate).
+
+        `container` (an open input container of this source, reused across pieces) is optional."""
+        import av
+
+        from .source import av_bad_input
+
+        src = self.source
+        lo = bounds[k]
+        hi = bounds[k + 1] if k + 1 < len(bounds) else None
+        seek = seeks[k]
+        own = container is None or seek[0] != "byte"  # a time seek after byte seeks goes astray
+        if own:
+            container = src.open_av()
+        try:
+            stream = _audio_stream(container, src.name)
+            for _attempt in range(64):  # until the pre-roll starts before `lo` (at once: these seeks are exact)
+                _seek(container, stream, seek)
+                stream.codec_context.flush_buffers()
+                demux = container.demux(stream)
+                first = next(demux, None)
+                if k == 0 or first is None or first.pos is None or first.pos < lo or seek[0] == "start":
+                    break
+                back = max(0, (seek[1] if seek[0] == "byte" else lo) - (1 << 20))
+                seek = ["byte", back] if back else ["start", stream.start_time or 0]
+                if seek[0] == "start" and not own:
+                    container = src.open_av()
+                    own = True
+                    stream = _audio_stream(container, src.name)
+            collector = _Collector(put)
+            seen_lo = k == 0
+            packet = first
+            while packet is not None and not stop.is_set():
+                pos = packet.pos
+                if packet.size:
+                    if pos is None or pos < 0:
+                        raise BadInput(src.name, "cannot be cut into pieces (no packet positions)")
+                    if hi is not None and pos >= hi:
+                        break
+                    if not seen_lo:
+                        if pos > lo:
+                            raise BadInput(src.name, "could not be decoded consistently (unreliable seeking)")
+                        seen_lo = pos == lo
+                if seen_lo and (packet.size or hi is None):
+                    for frame in self._decode_packet(stream, packet):
+                        collector.add(frame)
+                elif packet.size:
+                    with contextlib.suppress(av.error.FFmpegError):
+                        stream.decode(packet)  # pre-roll: decoder state only (may start mid-frame)
+                try:
+                    packet = next(demux, None)
+                except av.error.FFmpegError as e:
+                    raise av_bad_input(e, src.name, during="decode") from None
+            collector.flush()
+            return collector.samples, collector.rate
+        finally:
+            if own:
+                container.close()
+
+    def _process_items(self) -> Iterator[tuple[str, Any]] | None:
+        """Items decoded by helper processes, or None when this input is not for them."""
+        import os
+
+        src = self.source
+        info = src.info
+        setting = os.environ.get(_ENV_PROCS, "")
+        if (
+            not self.allow_procs
+            or setting == "0"
+            or self.start != 0
+            or src.path is None
+            or info is None
+            or (info.audio_duration_ms or info.duration_ms or 0) < PROCESS_MIN_SECONDS * 1000
+        ):
+            return None
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if not setting and _idle_cpus(cpus) < IDLE_CPUS_FOR_HELPERS:
+            return None  # no idle core: helpers would only add their overhead
+        try:
+            plan = self._segment_plan()
+        except BadInput:
+            raise
+        except Exception:
+            plan = None
+        n_workers = 1
+        if plan is not None and cpus >= 2:
+            n_workers = min(len(plan[0]), cpus, 4)
+        if setting.isdigit():
+            n_workers = max(1, min(n_workers, int(setting)))
+        try:
+            pool = _Pool(n_workers)
+        except (OSError, ValueError):
+            return None
+        return self._pool_items(pool, plan)
+
+    def _pool_items(self, pool: _Pool, plan: tuple[list[int], list[list[Any]]] | None) -> Iterator[tuple[str, Any]]:
+        src = self.source
+        assert src.path is not None
+        try:
+            if plan is None:
+                q = pool.submit(0, {"mode": "whole", "path": src.path})
+                for kind, item in self._job_items(pool, q):
+                    if kind == "end":
+                        break
+                    yield kind, item
+                return
+            bounds, seeks = plan
+            n = len(bounds)
+            w = pool.size
+            queues: dict[int, queue.Queue[Any]] = {}
+
+            def submit(k: int) -> None:
+                if k < n:
+                    job = {"mode": "segment", "path": src.path, "k": k, "bounds": bounds, "seeks": seeks}
+                    queues[k] = pool.submit(k % w, job)
+
+            ahead = w + 1  # pieces in flight: the one being resampled, one per helper decoding, one queued
+            for k in range(min(n, ahead)):
+                submit(k)
+            yield "start", 0
+            total = 0
+            rate = 1
+            for k in range(n):
+                for kind, item in self._job_items(pool, queues.pop(k)):
+                    if kind == "end":
+                        total += int(item["samples"])
+                        rate = int(item["rate"])
+                        break
+                    if kind == "start":
+                        continue
+                    yield kind, item
+                submit(k + ahead)
+            with src.open_av() as c:
+                self._check_complete(c, _audio_stream(c, src.name), c.format.name, total / max(1, rate))
+        finally:
+            pool.close()
+
+    def _job_items(self, pool: _Pool, q: queue.Queue[Any]) -> Iterator[tuple[str, Any]]:
+        while True:
+            kind, item = pool.get(q)
+            if kind == "warn":
+                self.source.warn(str(item).replace(str(self.source.path), self.source.name))
+                continue
+            if kind == "error":
+                if item.get("type") == "BadInput":
+                    raise BadInput(self.source.name, item["reason"], item.get("hint"))
+                raise _HelperFailed(f"{item.get('type')}: {item.get('reason')}")
+            yield kind, item
+            if kind == "end":
+                return
+
+    # -- resampling in the caller's thread ---------------------------------------------------------
 
     @staticmethod
     def _resampler(rate: int, layout: str) -> Any:
@@ -289,49 +833,50 @@ class _Decoder:
 
     def chunks(self) -> Iterator[tuple[int, np.ndarray]]:
         """(position, samples) pairs, positions contiguous from the first sample kept (>= start)."""
+        items = self._process_items()
+        if items is None:
+            items = self._sequential_items()
+        emitted = False
         try:
-            yield from self._chunks()
+            for pos, data in self._resample(items):
+                emitted = True
+                yield pos, data
+            return
         except _Restart:
             self.source.warn(f"{self.source.name}: seeking overshot the start; decoded from the beginning")
-            again = _Decoder(self.source, self.start, self.end, allow_seek=False)
-            yield from again.chunks()
-            self.errors += again.errors
+        except _HelperFailed as e:
+            if emitted:
+                raise RuntimeError(f"{self.source.name}: an audio decoding helper process failed ({e})") from None
+        again = _Decoder(self.source, self.start, self.end, allow_seek=False, allow_procs=False)
+        yield from again.chunks()
+        self.errors += again.errors
 
-    def _chunks(self) -> Iterator[tuple[int, np.ndarray]]:
+    def _resample(self, items: Iterator[tuple[str, Any]]) -> Iterator[tuple[int, np.ndarray]]:
         import av
         import numpy as np
 
-        q: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE)
-        stop = threading.Event()
-        worker = threading.Thread(target=self._produce, args=(q, stop), name="gemmapipe-audio", daemon=True)
-        worker.start()
+        pos: int | None = None
+        resampler: Any = None
+        current: tuple[int, str] | None = None
+        in_pts = 0
         try:
-            pos: int | None = None
-            resampler: Any = None
-            current: tuple[int, str] | None = None
-            in_pts = 0
-            while True:
-                kind, item = q.get()
-                if kind == "error":
-                    raise item
+            for kind, item in items:
                 if kind == "start":
                     pos = int(item)
                     continue
-                if kind == "end":
-                    break
                 chunk: _Chunk = item
                 assert pos is not None
                 k = (chunk.rate, chunk.layout)
                 outs: list[Any] = []
                 if k != current:
-                    if resampler is not None:
+                    if resampler is not None:  # parameters changed mid-stream: flush, start a new one
                         outs.extend(resampler.resample(None))
                     resampler = self._resampler(*k)
                     current = k
                     in_pts = 0
+                pieces: list[np.ndarray] = [np.frombuffer(o.planes[0], dtype=np.float32, count=o.samples) for o in outs]
                 if resampler is None:
-                    data = chunk.data
-                    pos = yield from self._emit(data, pos)
+                    pieces.append(chunk.data)
                 else:
                     planar = chunk.data.reshape(1, -1) if chunk.data.ndim == 1 else chunk.data
                     fmt = "flt" if chunk.data.ndim == 1 else "fltp"
@@ -339,9 +884,10 @@ class _Decoder:
                     frame.sample_rate = chunk.rate
                     frame.pts = in_pts
                     in_pts += planar.shape[1]
-                    outs.extend(resampler.resample(frame))
-                for out in outs:
-                    data = np.frombuffer(out.planes[0], dtype=np.float32, count=out.samples)
+                    pieces.extend(
+                        np.frombuffer(o.planes[0], dtype=np.float32, count=o.samples) for o in resampler.resample(frame)
+                    )
+                for data in pieces:
                     pos = yield from self._emit(data, pos)
                 if self.end is not None and pos >= self.end:
                     return
@@ -350,14 +896,9 @@ class _Decoder:
                     data = np.frombuffer(out.planes[0], dtype=np.float32, count=out.samples)
                     pos = yield from self._emit(data, pos)
         finally:
-            stop.set()
-            while worker.is_alive():
-                try:
-                    while True:
-                        q.get_nowait()
-                except queue.Empty:
-                    pass
-                worker.join(0.05)
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
 
     def _emit(self, data: np.ndarray, pos: int) -> Generator[tuple[int, np.ndarray], None, int]:
         """Yield the kept part of `data` (starting at `pos`); returns the next position."""
@@ -367,32 +908,6 @@ class _Decoder:
         if hi > lo:
             yield pos + lo, data[lo:hi]
         return pos + n
-
-    def _decode_error(self) -> None:
-        self.errors += 1
-        self.source.warn(f"{self.source.name}: undecodable audio packets were skipped")
-        if self.errors > MAX_DECODE_ERRORS:
-            raise BadInput(self.source.name, "is corrupt: too many audio packets cannot be decoded")
-
-    def _check_complete(self, container: Any, stream: Any, fmt: str) -> None:
-        if fmt not in _DURATION_TRUSTED:
-            return
-        declared: float | None = None
-        tol = 0.0
-        if stream.duration and stream.time_base is not None:
-            declared = float(stream.duration * stream.time_base)
-            tol = max(0.5, 0.02 * declared)
-        elif container.duration and len(container.streams) == 1:
-            declared = container.duration / 1_000_000
-            tol = max(1.0, 0.05 * declared)
-        if declared is None or declared <= 0:
-            return
-        if self.in_end_s < declared - tol:
-            raise BadInput(
-                self.source.name,
-                f"is truncated: its audio stops at {self.in_end_s:.1f} s but its header says {declared:.1f} s",
-                "re-download or re-export it",
-            )
 
 
 def _sanitize(block: np.ndarray, source: Source) -> int:
@@ -422,12 +937,22 @@ def iter_audio(
     without audio (images, silent videos), corrupt or truncated audio, and when nothing is left after
     trimming; UsageError for an invalid range.
     """
-    import numpy as np
 
     if block_samples <= 0:
         raise ValueError("block_samples must be positive")
+    from .source import decode_guard
+
     source.require_audio()
     start, end = check_range(start_ms, end_ms)
+    with decode_guard(source.name):
+        yield from _blocks(source, start, end, block_samples, start_ms)
+
+
+def _blocks(
+    source: Source, start: int, end: int | None, block_samples: int, start_ms: int | None
+) -> Iterator[AudioBlock]:
+    import numpy as np
+
     decoder = _Decoder(source, start, end)
     pending: list[np.ndarray] = []
     have = 0

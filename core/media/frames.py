@@ -16,7 +16,7 @@ frames shown are exact.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
@@ -109,8 +109,9 @@ def frame_plan(
     return FramePlan(first, step, count)
 
 
-def frame_size(width: int, height: int, *, max_tokens: int = DEFAULT_FRAME_TOKENS,
-               min_tokens: int | None = None) -> tuple[int, int]:
+def frame_size(
+    width: int, height: int, *, max_tokens: int = DEFAULT_FRAME_TOKENS, min_tokens: int | None = None
+) -> tuple[int, int]:
     """The (width, height) frames of a width x height (display size) video are delivered at.
 
     min_tokens defaults to half the budget: small videos are scaled up to at least that many tokens,
@@ -150,16 +151,26 @@ def iter_frames(
     if plan.count == 0:
         return
     w, h = frame_size(info.width, info.height, max_tokens=max_tokens, min_tokens=min_tokens)
+    from .source import decode_guard
+
+    with decode_guard(source.name):
+        yield from _frames(source, plan, (w, h), info.rotation, info.video_origin_pts)
+
+
+def _frames(
+    source: Source, plan: FramePlan, size: tuple[int, int], rotation: int, origin_pts: int | None
+) -> Iterator[Frame]:
     allow_seek = True
     while True:
-        restart = yield from _decode(source, plan, (w, h), info.rotation, allow_seek, info.video_origin_pts)
+        restart = yield from _decode(source, plan, size, rotation, allow_seek, origin_pts)
         if not restart:
             return
         allow_seek = False
 
 
-def _decode(source: Source, plan: FramePlan, size: tuple[int, int], rotation: int,
-            allow_seek: bool, origin_pts: int | None) -> Iterator[Frame]:
+def _decode(
+    source: Source, plan: FramePlan, size: tuple[int, int], rotation: int, allow_seek: bool, origin_pts: int | None
+) -> Generator[Frame, None, bool]:
     """One decoding pass; returns True (generator return) when it must be redone without seeking."""
     import av
     import numpy as np
@@ -173,6 +184,7 @@ def _decode(source: Source, plan: FramePlan, size: tuple[int, int], rotation: in
     sw, sh = (h, w) if k_rot % 2 else (w, h)  # scale before rotating
     container = source.open_av()
     try:
+        stream: Any
         stream, _ = pick_streams(container)
         if stream is None:
             raise BadInput(name, "has no decodable video stream")
@@ -215,7 +227,7 @@ def _decode(source: Source, plan: FramePlan, size: tuple[int, int], rotation: in
             return np.ascontiguousarray(arr)
 
         i = 0
-        t = first_t
+        t: Fraction | None = first_t
         thr = threshold(t)
         prev: Any = None
         prev_pts = 0
@@ -235,8 +247,9 @@ def _decode(source: Source, plan: FramePlan, size: tuple[int, int], rotation: in
                 # skip this packet's picture (if it is not a reference) unless a sample time is near it
                 rel = (packet.pts - (origin or 0)) * mspt
                 d = packet.duration * mspt
-                k = max(0, math.ceil((rel - d / 2 - first_f) / step_f))
-                need = (n_plan is None or k < n_plan) and first_f + k * step_f < rel + 1.5 * d
+                # shown for sample times in [rel, rel + d); a quarter frame of margin either side
+                k = max(0, math.ceil((rel - d / 4 - first_f) / step_f))
+                need = (n_plan is None or k < n_plan) and first_f + k * step_f < rel + 1.25 * d
                 if need == skipping:
                     skipping = not need
                     ctx.skip_frame = "NONREF" if skipping else "DEFAULT"

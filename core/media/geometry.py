@@ -60,7 +60,7 @@ def _f32(x: float) -> float:
 
 def _cround(x: float) -> int:
     """C++ std::round for the non-negative values used here: half away from zero."""
-    return int(math.floor(x + 0.5))
+    return math.floor(x + 0.5)
 
 
 def mtmd_size(width: int, height: int, *, min_tokens: int, max_tokens: int) -> tuple[int, int]:

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BadInput
@@ -84,15 +85,24 @@ def load_image(
 
     Raises BadInput when the input is not an image (audio, video) or cannot be used.
     """
+
+    from .source import decode_guard
+
+    source.require("image")
+    with decode_guard(source.name):
+        return _load(source, max_tokens=max_tokens, min_tokens=min(min_tokens, max_tokens))
+
+
+def _load(source: Source, *, max_tokens: int, min_tokens: int) -> np.ndarray:
     import numpy as np
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    source.require("image", purpose="an image step")
-    min_tokens = min(min_tokens, max_tokens)
     name = source.name
     with source.open_file() as f:
         try:
-            im = Image.open(f)
+            with warnings.catch_warnings():  # our own pixel limit applies (IMAGE_PIXEL_LIMIT)
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(f)
         except Image.DecompressionBombError as e:
             raise BadInput(name, f"is too large to decode safely ({e})") from None
         except UnidentifiedImageError:
@@ -147,8 +157,9 @@ def _load_with_av(source: Source, *, max_tokens: int, min_tokens: int) -> np.nda
             video, _ = pick_streams(c)
             if video is None:
                 raise BadInput(name, "is not an image that can be decoded")
+            frame: Any
             for frame in c.decode(video):
-                rot = (int(round((getattr(frame, "rotation", 0) or 0) / 90)) * 90) % 360
+                rot = (round((getattr(frame, "rotation", 0) or 0) / 90) * 90) % 360
                 w, h = (frame.height, frame.width) if rot in (90, 270) else (frame.width, frame.height)
                 if w * h > IMAGE_PIXEL_LIMIT:
                     raise BadInput(name, f"is {w}x{h} pixels, more than the {IMAGE_PIXEL_LIMIT:,} accepted")

@@ -7,16 +7,18 @@ and to read the display rotation that ffmpeg attaches to decoded frames.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BadInput
 
 if TYPE_CHECKING:
-    from av.container import InputContainer
-    from av.stream import Stream
-
     from .source import Source
+
+# PyAV's stream and container classes are typed per kind (audio/video); the probe treats them alike.
+Stream = Any
+InputContainer = Any
 
 IMAGE_PIXEL_LIMIT = 89_478_485
 """Images with more pixels than this are refused as decompression bombs (Pillow's own warning level,
@@ -77,7 +79,10 @@ def probe_image(source: Source, fmt: str) -> MediaInfo:
 
     with source.open_file() as f:
         try:
-            with Image.open(f) as im:
+            with warnings.catch_warnings():  # our own pixel limit applies (IMAGE_PIXEL_LIMIT)
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(f)
+            with im:
                 w, h = im.size
                 n_frames = int(getattr(im, "n_frames", 1) or 1)
                 orientation = 1
@@ -111,8 +116,18 @@ def probe_image(source: Source, fmt: str) -> MediaInfo:
         height=h,
         frames=n_frames,
         has_video=False,
-        streams=[{"index": 0, "type": "image", "codec": real_fmt, "width": w, "height": h, "mode": mode,
-                  "frames": n_frames, "exif_orientation": orientation}],
+        streams=[
+            {
+                "index": 0,
+                "type": "image",
+                "codec": real_fmt,
+                "width": w,
+                "height": h,
+                "mode": mode,
+                "frames": n_frames,
+                "exif_orientation": orientation,
+            }
+        ],
     )
 
 
@@ -161,7 +176,7 @@ def _pick(streams: list[Stream]) -> Stream | None:
 def _ms(value: Any, time_base: Any) -> int | None:
     if value is None or time_base is None:
         return None
-    return int(round(float(value * time_base) * 1000))
+    return round(float(value * time_base) * 1000)
 
 
 def pick_streams(c: InputContainer) -> tuple[Stream | None, Stream | None]:
@@ -227,8 +242,9 @@ def _first_frame(c: InputContainer, s: Stream, name: str) -> Any:
     return None
 
 
-def _check_truncated(c: InputContainer, video: Stream | None, audio: Stream | None, size: int | None,
-                     name: str) -> None:
+def _check_truncated(
+    c: InputContainer, video: Stream | None, audio: Stream | None, size: int | None, name: str
+) -> None:
     """Cheap early truncation checks on a file of known size (BadInput)."""
     if not size:
         return
@@ -269,16 +285,18 @@ def probe_media(source: Source, *, as_image: bool = False) -> MediaInfo:
         if fmt == "tty":
             raise BadInput(name, "is text, not an audio, video or image file")
         video, audio = pick_streams(c)
-        undecodable = [s for s in c.streams if s.type in ("audio", "video") and not _decodable(s)
-                       and not _is_attached_pic(s)]
+        undecodable = [
+            s for s in c.streams if s.type in ("audio", "video") and not _decodable(s) and not _is_attached_pic(s)
+        ]
         if video is None and audio is None:
             if undecodable:
                 raise BadInput(
                     name, "uses a codec this build of ffmpeg cannot decode", "convert it, e.g. to WAV, MP4 or PNG"
                 )
             raise BadInput(name, "has no audio or video stream")
-        is_image = as_image or (video is not None and audio is None
-                                and (fmt.endswith("_pipe") or fmt in _PIPE_IMAGE_FORMATS))
+        is_image = as_image or (
+            video is not None and audio is None and (fmt.endswith("_pipe") or fmt in _PIPE_IMAGE_FORMATS)
+        )
         kind = "image" if is_image else ("video" if video is not None else "audio")
         info = MediaInfo(kind=kind, format=fmt, streams=[_stream_dict(s) for s in c.streams])
         for s in undecodable:
@@ -318,10 +336,10 @@ def probe_media(source: Source, *, as_image: bool = False) -> MediaInfo:
             raise BadInput(name, f"has a {what} stream but no frame of it can be decoded (corrupt or truncated)")
         if video is not None and main is video:
             w, h = first.width, first.height
-            rot = (int(round((getattr(first, "rotation", 0) or 0) / 90)) * 90) % 360
+            rot = (round((getattr(first, "rotation", 0) or 0) / 90) * 90) % 360
             sar = video.sample_aspect_ratio or getattr(first, "sample_aspect_ratio", None)
             if sar and sar.numerator > 0 and sar != 1:
-                w = max(1, int(round(w * float(sar))))
+                w = max(1, round(w * float(sar)))
             if rot in (90, 270):
                 w, h = h, w
             info.width, info.height, info.rotation = w, h, rot

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
-from ..errors import BadInput
+from ..errors import BadInput, GemmapipeError
 
 if TYPE_CHECKING:
     from av.container import InputContainer
@@ -306,6 +306,7 @@ class Source:
     _seekable: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _temp: list[str] = field(default_factory=list, repr=False)
+    _owned: list[Any] = field(default_factory=list, repr=False)  # files to close with the source
     _sha: str | None = field(default=None, repr=False)
     _passes: int = field(default=0, repr=False)
 
@@ -389,12 +390,12 @@ class Source:
     # -- requirements ----------------------------------------------------------------------------
 
     def require(self, *kinds: Kind, purpose: str | None = None) -> None:
-        """BadInput unless this input is one of `kinds`."""
+        """BadInput unless this input is one of `kinds` (`purpose`, e.g. "describe", names who asks)."""
         if self.kind in kinds:
             return
         want = " or ".join(f"an {k}" if k[0] in "aeiou" else f"a {k}" for k in kinds)
         what = {"image": "an image", "audio": "an audio file", "video": "a video"}[self.kind]
-        reason = f"is {what}, but {purpose or 'this'} needs {want}"
+        reason = f"is {what}, not {want}" if purpose is None else f"is {what}, but {purpose} needs {want}"
         hint = None
         if "image" in kinds and self.kind == "video":
             hint = "use the video command for video files"
@@ -418,8 +419,13 @@ class Source:
     # -- lifetime --------------------------------------------------------------------------------
 
     def close(self) -> None:
+        """Remove temporary files and close what the source opened (open_input does this on exit)."""
         if self._feed is not None:
             self._feed.close()
+        for f in self._owned:
+            with contextlib.suppress(OSError):
+                f.close()
+        self._owned.clear()
         for p in self._temp:
             with contextlib.suppress(OSError):
                 os.unlink(p)
@@ -447,7 +453,7 @@ def av_bad_input(e: BaseException, name: str, during: str = "open") -> BadInput:
 
     if isinstance(e, av.error.DecoderNotFoundError):
         return BadInput(name, "uses a codec this build of ffmpeg cannot decode", "convert it, e.g. to WAV, MP4 or PNG")
-    if isinstance(e, av.error.EOFError) or isinstance(e, EOFError):
+    if isinstance(e, av.error.EOFError | EOFError):
         return BadInput(name, "ends too early: the file is truncated", "re-download or re-export it")
     if isinstance(e, av.error.InvalidDataError):
         if during == "open":
@@ -461,6 +467,40 @@ def av_bad_input(e: BaseException, name: str, during: str = "open") -> BadInput:
         return BadInput(name, "uses a feature or codec ffmpeg does not support", "convert it first")
     msg = getattr(e, "strerror", None) or str(e)
     return BadInput(name, f"cannot be decoded ({msg})")
+
+
+@contextlib.contextmanager
+def decode_guard(name: str) -> Iterator[None]:
+    """Turn whatever a damaged input makes PyAV, numpy or Pillow raise into one BadInput.
+
+    Our own errors (BadInput, UsageError...), RuntimeError (misuse) and BaseExceptions pass through."""
+    import struct as _struct
+
+    try:
+        yield
+    except GemmapipeError:
+        raise
+    except Exception as e:
+        import av
+
+        if isinstance(e, av.error.FFmpegError):
+            raise av_bad_input(e, name, during="decode") from None
+        if isinstance(
+            e,
+            ValueError
+            | IndexError
+            | KeyError
+            | OverflowError
+            | ZeroDivisionError
+            | EOFError
+            | _struct.error
+            | MemoryError
+            | SyntaxError
+            | OSError
+            | TypeError,
+        ):
+            raise BadInput(name, f"cannot be decoded: it is damaged or unusual ({type(e).__name__}: {e})") from None
+        raise
 
 
 # ------------------------------------------------------------------------------------ open_input
@@ -551,11 +591,13 @@ def _classify(src: Source, head: bytes) -> None:
     if image is not None:
         src.kind = "image"
         src.format = image
-        src.info = probe_image(src, image)
+        with decode_guard(src.name):
+            src.info = probe_image(src, image)
         return
     if looks_like_text(head):
         raise BadInput(src.name, "is text, not an audio, video or image file")
-    src.info = probe_media(src)
+    with decode_guard(src.name):
+        src.info = probe_media(src)
     src.kind = src.info.kind  # type: ignore[assignment]
     src.format = src.info.format
 
@@ -586,7 +628,7 @@ def open_input(spec: str, *, stdin: BinaryIO | None = None, single_pass: bool = 
                 except BaseException:
                     f.close()
                     raise
-                src._temp_file = f  # type: ignore[attr-defined]
+                src._owned.append(f)
             else:
                 with open(spec, "rb") as fh:
                     head = fh.read(HEAD_BYTES)
@@ -596,6 +638,3 @@ def open_input(spec: str, *, stdin: BinaryIO | None = None, single_pass: bool = 
     finally:
         if src is not None:
             src.close()
-            f2 = getattr(src, "_temp_file", None)
-            if f2 is not None:
-                f2.close()
