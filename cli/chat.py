@@ -76,7 +76,7 @@ def command(
     n_ctx = max(4096, 1 << (media_tokens(parts) + options.max_tokens + 1024).bit_length())
 
     def engine() -> Any:
-        return runner.engine(n_ctx=n_ctx, image_tokens=(70, image_tokens) if needs & {"vision"} else None)
+        return runner.engine(n_ctx=n_ctx, image_tokens=(1, max(70, image_tokens)) if needs & {"vision"} else None)
 
     try:
         if interactive:

@@ -64,7 +64,8 @@ def command(
                               image_tokens=image_tokens, generate=runner.generate_options(512))
     several = len(inputs) > 1
     fmt = fmt or ("jsonl" if several and output_dir is None else "txt")
-    engine_for = lambda: runner.engine(n_ctx=n_ctx_for(options), image_tokens=(70, image_tokens))  # noqa: E731
+    # min 1: the media layer already sized each image for mtmd to keep as is
+    engine_for = lambda: runner.engine(n_ctx=n_ctx_for(options), image_tokens=(1, image_tokens))  # noqa: E731
 
     def one(spec: str, writer: Any) -> None:
         with open_input(spec) as src:

@@ -62,7 +62,8 @@ def command(
     n_ctx = common.ctx_size or 16384
 
     def engine_for(ctx: int) -> object:
-        return runner.engine(n_ctx=ctx, image_tokens=(frame_tokens, frame_tokens))
+        # min 1: the media layer already sized each frame for mtmd to keep as is
+        return runner.engine(n_ctx=ctx, image_tokens=(1, frame_tokens))
 
     try:
         with open_input(input) as src:

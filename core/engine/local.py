@@ -517,13 +517,12 @@ class LocalEngine:
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         thought = codecs.getincrementaldecoder("utf-8")("replace")
         in_thought = False
-        token_arr = (L.llama_token * 1)()
-        generated: list[int] = []
+        generated: list[int] = []  # sampled and evaluated, so in the KV cache
         self.stats.generated = 0
         self.stats.stop_reason = "length"
         t0 = time.perf_counter()
         try:
-            for _ in range(options.max_tokens):
+            for i in range(options.max_tokens):
                 if self._n_past >= self.n_ctx:
                     self.stats.stop_reason = "context"
                     break
@@ -531,27 +530,26 @@ class LocalEngine:
                 if L.llama_vocab_is_eog(self._vocab, tok) or tok in self._stop_ids:
                     self.stats.stop_reason = "eog"
                     break
-                generated.append(tok)
                 self.stats.generated += 1
                 self.stats.total_generated += 1
-                token_arr[0] = tok
-                self._decode_tokens([tok], self._n_past, logits_last=True)
-                self._n_past += 1
-                self._cached.append(("gen", tok))
+                # Hand the text out first, then evaluate the token for the next one: the reader sees
+                # each piece one forward pass sooner, and the last token is never evaluated for nothing.
                 if tok == self._thought_open:
                     in_thought = True
-                    continue
-                if tok == self._thought_close:
+                elif tok == self._thought_close:
                     in_thought = False
-                    continue
-                if in_thought:
+                elif in_thought:
                     text = thought.decode(self._piece(tok))
                     if text and options.on_thought:
                         options.on_thought(text)
-                    continue
-                text = decoder.decode(self._piece(tok))
-                if text:
-                    yield text
+                else:
+                    text = decoder.decode(self._piece(tok))
+                    if text:
+                        yield text
+                if i + 1 < options.max_tokens:
+                    self._decode_tokens([tok], self._n_past, logits_last=True)
+                    self._n_past += 1
+                    generated.append(tok)
             tail = decoder.decode(b"", final=True)
             if tail:
                 yield tail
@@ -561,10 +559,8 @@ class LocalEngine:
             self._merge_generated(generated)
 
     def _merge_generated(self, generated: list[int]) -> None:
-        """Fold the generated tokens into one cache signature, so a follow-up turn that renders the
-        same answer back as text can reuse it (the template re-tokenizes it as one text run)."""
-        while self._cached and self._cached[-1][0] == "gen":
-            self._cached.pop()
+        """Fold the evaluated generated tokens into the last cache signature, so a follow-up turn that
+        renders the same answer back as text can reuse it (the template re-tokenizes it as one run)."""
         if generated:
             if self._cached and self._cached[-1][0] == "text":
                 self._cached[-1] = (*self._cached[-1], *generated)

@@ -19,7 +19,7 @@ from ..engine.grammar import schema_to_grammar
 from ..engine.parts import Audio, Message, Part, Text
 from ..errors import UsageError
 from ..results import Segment, Transcript
-from .transcribe import SAMPLE_RATE, cut_repetition, trim_digital_silence
+from .transcribe import SAMPLE_RATE, cut_repetition, trim_quiet_edges
 
 if TYPE_CHECKING:
     import numpy as np
@@ -79,7 +79,7 @@ def iter_turns(clips: Iterator[Any], engine_for: Callable[[], Engine], options: 
                on_progress: Callable[[int], None] | None = None) -> Iterator[Segment]:
     exemplars: list[np.ndarray] = []
     for raw in clips:
-        clip = trim_digital_silence(raw)
+        clip = trim_quiet_edges(raw)
         engine = engine_for()
         can_add = len(exemplars) < options.max_speakers
         schema = speaker_schema(len(exemplars), can_add)

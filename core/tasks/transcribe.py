@@ -73,7 +73,8 @@ def n_ctx_for(options: TranscribeOptions, extra_tokens: int = 0) -> int:
 
 
 _WORD = re.compile(r"\S+")
-DIGITAL_SILENCE = 1e-4  # peak below which a 40 ms window carries nothing (-80 dBFS)
+SILENCE_RMS = 1e-4  # a 40 ms window quieter than this (-80 dBFS) carries nothing
+EDGE_DB = 40.0  # edge windows this far below the clip's loudest window are background, not speech
 
 
 @dataclass
@@ -83,17 +84,23 @@ class Clip:
     samples: Any
 
 
-def trim_digital_silence(clip: Any, window: int = 640) -> Clip:
-    """Drop whole 40 ms windows of digital silence at the clip's edges (the VAD's pad over a
-    zeroed stretch): they cost tokens, carry nothing, and would blur the segment's timestamps."""
+def trim_quiet_edges(clip: Any, window: int = 640) -> Clip:
+    """Drop whole 40 ms windows of silence or faint background at the clip's edges (the VAD's pad).
+
+    The projector normalises every 40 ms window on its own (RMSNorm), so faint noise reaches the
+    model as loud as speech: the pad would cost tokens, can change the answer, and blurs the
+    timestamps. 40 dB below the loudest window keeps soft consonants (typically 20-30 dB down).
+    """
     import numpy as np
 
     x = clip.samples
     n = x.size // window
     if n == 0:
         return Clip(clip.start, clip.end, x)
-    peaks = np.abs(x[: n * window]).reshape(n, window).max(axis=1)
-    loud = np.flatnonzero(peaks >= DIGITAL_SILENCE)
+    frames = x[: n * window].reshape(n, window).astype(np.float64)
+    rms = np.sqrt((frames * frames).mean(axis=1))
+    floor = max(SILENCE_RMS, float(rms.max()) * 10 ** (-EDGE_DB / 20))
+    loud = np.flatnonzero(rms >= floor)
     if loud.size == 0:
         return Clip(clip.start, clip.end, x)
     a = int(loud[0]) * window
@@ -128,7 +135,7 @@ def iter_segments(
     from ..parallel import ordered_map
 
     def one(raw: Any) -> tuple[Any, Segment | None]:
-        clip = trim_digital_silence(raw)
+        clip = trim_quiet_edges(raw)
         engine = engine_for()
         msgs = clip_messages(clip.samples, options, templated=templated(engine))
         text = "".join(engine.generate(msgs, options.generate)).strip()

@@ -69,12 +69,15 @@ class Timeline:
     def tokens(self, frame_tokens: int) -> int:
         n = 0
         for u in self.units:
+            if u.frame is None and u.audio is None:
+                continue  # nothing left to show for this second: no label either
             n += TEXT_TOKENS_PER_UNIT + (frame_tokens if u.frame is not None else 0)
             n += (u.audio.size + 639) // 640 if u.audio is not None else 0
         return n
 
     def saved_tokens(self, frame_tokens: int) -> int:
-        return self.frames_dropped * frame_tokens + self.audio_seconds_silent * 25
+        empty = sum(1 for u in self.units if u.frame is None and u.audio is None)
+        return self.frames_dropped * frame_tokens + self.audio_seconds_silent * 25 + empty * TEXT_TOKENS_PER_UNIT
 
 
 def build_timeline(source: Source, options: VideoOptions) -> Timeline:
@@ -102,33 +105,43 @@ def build_timeline(source: Source, options: VideoOptions) -> Timeline:
         step = round(1000 / options.fps)
         times = sorted(units)
         limit = times[-1] + step
-        buf = np.zeros(0, dtype=np.float32)
-        offset = None
+        spans = [((t * SAMPLE_RATE) // 1000, ((t + step) * SAMPLE_RATE) // 1000) for t in times]
+
+        def take(t: int, piece: np.ndarray) -> None:
+            tl.audio_seconds_total += 1
+            rms = float(np.sqrt(np.mean(piece.astype(np.float64) ** 2)))
+            if options.dedupe and rms < SILENCE_RMS:
+                tl.audio_seconds_silent += 1
+            else:
+                units[t].audio = np.ascontiguousarray(piece)
+
+        # Streamed: each unit's slice is cut as soon as the audio covers it; only the audio not yet
+        # consumed (under one block plus one unit) is held, however long the video.
+        pending, pending_at, j = np.zeros(0, dtype=np.float32), 0, 0
         try:
-            blocks = iter_audio(source, start_ms=options.start_ms, end_ms=min(limit, options.end_ms or limit))
-            for block in blocks:
-                if offset is None:
-                    offset = block.offset
-                buf = np.concatenate([buf, block.samples])
+            for block in iter_audio(source, start_ms=options.start_ms, end_ms=min(limit, options.end_ms or limit)):
+                if pending.size == 0:
+                    pending_at = block.offset
+                pending = np.concatenate([pending, block.samples])
+                while j < len(spans) and spans[j][1] <= pending_at + pending.size:
+                    a, b = spans[j]
+                    piece = pending[max(0, a - pending_at):max(0, b - pending_at)]
+                    if piece.size:
+                        take(times[j], piece)
+                    j += 1
+                    if j < len(spans) and spans[j][0] > pending_at:
+                        pending = pending[spans[j][0] - pending_at:]
+                        pending_at = spans[j][0]
         except Exception as exc:  # no audio stream: video still works from frames alone
             from ..errors import BadInput
 
             if not isinstance(exc, BadInput):
                 raise
-            offset = None
-        if offset is not None:
-            for t in times:
-                a = (t * SAMPLE_RATE) // 1000 - offset
-                b = ((t + step) * SAMPLE_RATE) // 1000 - offset
-                piece = buf[max(0, a):max(0, b)]
-                if piece.size == 0:
-                    continue
-                tl.audio_seconds_total += 1
-                rms = float(np.sqrt(np.mean(piece.astype(np.float64) ** 2)))
-                if options.dedupe and rms < SILENCE_RMS:
-                    tl.audio_seconds_silent += 1
-                    continue
-                units[t].audio = np.ascontiguousarray(piece)
+        if j < len(spans) and pending.size:  # the last, shorter unit
+            a, b = spans[j]
+            piece = pending[max(0, a - pending_at):max(0, b - pending_at)]
+            if piece.size:
+                take(times[j], piece)
     tl.units = [units[t] for t in sorted(units)]
     return tl
 
@@ -136,6 +149,8 @@ def build_timeline(source: Source, options: VideoOptions) -> Timeline:
 def unit_parts(units: list[Unit]) -> list[Part]:
     parts: list[Part] = []
     for u in units:
+        if u.frame is None and u.audio is None:
+            continue  # a repeated frame over silence: the previous label still covers it
         parts.append(Text(f"[{clock(u.t_ms)}] "))
         if u.frame is not None:
             parts.append(Image(u.frame))
