@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from media_factory import write_video
 
 from gemmapipe.core.engine.parts import Audio, Image, Text
 from gemmapipe.core.media.source import open_input
 from gemmapipe.core.tasks.video import VideoOptions, build_timeline, unit_parts
+
+from media_factory import write_video
 
 
 def test_audio_is_cut_per_second_from_the_stream(tmp_path: Path) -> None:
