@@ -14,7 +14,7 @@ import pytest
 from gemmapipe.core.tasks.segment import FRAME, SAMPLE_RATE, SpeechClip, SpeechSegmenter, segment_speech
 
 SR = SAMPLE_RATE
-PAD = 200 * SR // 1000  # the default pad_ms, in samples (5 frames)
+PAD = 120 * SR // 1000  # the default pad_ms, in samples (3 frames)
 TOL = FRAME  # one 40 ms frame
 
 
@@ -139,7 +139,7 @@ def test_bursts_found_within_a_frame_plus_pad(floor_db: float) -> None:
     clips = run(x)
     assert len(clips) == len(truth), [(c.start / SR, c.end / SR) for c in clips]
     for c, (a, b) in zip(clips, truth, strict=True):
-        # documented: clip = [first speech frame - pad, last speech frame end + pad], pad = 200 ms
+        # documented: clip = [first speech frame - pad, last speech frame end + pad], pad = 120 ms
         assert abs(c.start + PAD - a) <= TOL, (c.start, a)
         assert abs(c.end - PAD - b) <= TOL, (c.end, b)
         assert c.start % FRAME == 0 and c.end % FRAME == 0

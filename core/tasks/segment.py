@@ -24,7 +24,7 @@ How a frame is judged (levels in dBFS, from the frame's mean power; defaults in 
   (at most `max_extend_ms` [200 ms]), goes on over voiced and loud-ish frames (fricative frames carry
   it on for at most max_extend_ms, so a hiss cannot keep it open) and ends after `min_silence_ms`
   [500 ms] without any. Regions shorter than `min_speech_ms` [120 ms] are dropped (clicks).
-- a clip is a region padded by `pad_ms` [200 ms] on both sides (the pad is capped at half of
+- a clip is a region padded by `pad_ms` [120 ms] on both sides (the pad is capped at half of
   min_silence_ms, so padded neighbours never overlap, and never reaches into the previous clip).
   Frame quantisation puts a clip's edges within one frame (40 ms) of the sound's edges plus the pad.
 - a clip never exceeds `max_clip_s` [30 s]: when speech runs on, the clip is cut at the quietest
@@ -111,7 +111,7 @@ class SpeechSegmenter:
         max_clip_s: float = 30.0,
         min_speech_ms: float = 120.0,
         min_silence_ms: float = 500.0,
-        pad_ms: float = 200.0,
+        pad_ms: float = 120.0,
         threshold: float = 10.0,
         min_db: float = -60.0,
         hysteresis_db: float = 4.0,
@@ -443,7 +443,7 @@ def segment_speech(
     max_clip_s: float = 30.0,
     min_speech_ms: float = 120.0,
     min_silence_ms: float = 500.0,
-    pad_ms: float = 200.0,
+    pad_ms: float = 120.0,
     threshold: float = 10.0,
     min_db: float = -60.0,
     **tuning: float,
