@@ -234,3 +234,22 @@ def test_chat_think_flag_enables_thinking(tmp_path: Path, capsys: pytest.Capture
     assert run(["chat", "--think", "why?"]) == 0
     opts = fake_engine[0].requests[0][1]
     assert opts.think is True and opts.on_thought is not None
+
+
+def test_video_too_long_for_context_is_map_reduced(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   fake_engine: list) -> None:  # noqa: F811
+    mp4 = write_video(tmp_path / "long.mp4", seconds=25.0, fps=2, with_audio=False)
+    fake_engine.replies = ["part answer"]
+    assert run(["video", "--no-cache", "--no-audio", "-c", "1400", "--max-tokens", "100", "-f", "json",
+                "-p", "What happens?", str(mp4)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    windows = doc["meta"]["windows"]
+    assert windows >= 2
+    requests = fake_engine[0].requests
+    assert len(requests) == windows + 1  # one answer per window, then the combining pass
+    spans = [a.split("]")[0] + "]" for a in doc["meta"]["window_answers"]]
+    assert spans[0].startswith("[00:00-") and spans[-1].endswith("00:25]")  # absolute times
+    final = "".join(p.text for p in requests[-1][0][0].parts if isinstance(p, Text))
+    assert all(s in final for s in spans) and "What happens?" in final
+    # each window's prompt fits the context it was given
+    assert all(fake_engine[0].count_tokens(m, o).total <= 1400 for m, o in requests)

@@ -68,3 +68,38 @@ def test_segment_timestamps_come_from_sample_counts() -> None:
     seg = next(tx.iter_segments(iter([Clip()]), lambda: FakeEngine(replies=["x"]), tx.TranscribeOptions(),
                                 templated=lambda e: True))
     assert (seg.start_ms, seg.end_ms) == (10_742_000, 10_744_000)
+
+
+@pytest.mark.slow
+def test_three_hour_file_streams_from_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same through the real media layer: a 3-hour 8 kHz WAV written in blocks, decoded and
+    resampled by PyAV, never held whole (a float32 copy at 16 kHz would be 690 MB)."""
+    import soundfile as sf
+
+    from gemmapipe.core.media.source import open_input
+
+    sr = 8000
+    bursts = [10.0, 5400.0, 3 * 3600 - 60.0]
+    rng = np.random.default_rng(1)
+    speech = (0.3 * rng.standard_normal(2 * sr)).astype(np.float32)
+    path = tmp_path / "three-hours.wav"
+    with sf.SoundFile(path, "w", samplerate=sr, channels=1, subtype="PCM_16") as f:
+        block = np.zeros(600 * sr, dtype=np.float32)
+        for start in range(0, HOURS * 3600, 600):
+            block[:] = 0.0
+            for b in bursts:
+                if start <= b < start + 600:
+                    i = int((b - start) * sr)
+                    block[i:i + speech.size] = speech
+            f.write(block)
+    monkeypatch.setenv("GEMMAPIPE_AUDIO_PROCS", "0")  # measure this process alone
+    engine = FakeEngine(replies=["words"])
+    tracemalloc.start()
+    with open_input(str(path)) as src:
+        result = tx.transcribe(src, lambda: engine, tx.TranscribeOptions(), templated=lambda e: True)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert [round(s.start_ms / 1000) for s in result.segments] == [10, 5400, 10740]
+    last = result.segments[-1]
+    assert abs(last.start_ms - 10_740_000) <= 40 and abs(last.end_ms - 10_742_000) <= 40
+    assert peak < 100 * 2**20, f"peak {peak / 2**20:.1f} MiB"
