@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from gemmapipe.core.tasks.segment import FRAME, SAMPLE_RATE, segment_speech
 
 SR = SAMPLE_RATE

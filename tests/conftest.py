@@ -127,3 +127,36 @@ def av_probe(gemmapipe_model_cache: _Path, gemma3_270m: _Path, vision_probe: _Pa
         lambda d: probe.build_av_probe(d, vision_probe, audio_probe),
     )
     return folder / "probe-av.gguf"
+
+
+_GEMMAPIPE_VARS = ("GEMMAPIPE_MODEL", "GEMMAPIPE_MMPROJ", "GEMMAPIPE_TRACEBACK", "GEMMAPIPE_CONFIG",
+                   "GEMMAPIPE_SERVER", "GEMMAPIPE_API_KEY", "GEMMAPIPE_SERVER_MODEL")
+
+
+@_pytest.fixture
+def cli_env(tmp_path: _Path, monkeypatch: _pytest.MonkeyPatch) -> _Path:
+    """A CLI run isolated from the developer's machine: no GEMMAPIPE_* variables, XDG config, cache
+    and data under tmp_path, and an empty (non-terminal) stdin."""
+    import io
+    import sys
+
+    for var in _GEMMAPIPE_VARS:
+        monkeypatch.delenv(var, raising=False)
+    for kind in ("CONFIG", "CACHE", "DATA"):
+        monkeypatch.setenv(f"XDG_{kind}_HOME", str(tmp_path / kind.lower()))
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    return tmp_path
+
+
+@_pytest.fixture
+def fake_model(cli_env: _Path, monkeypatch: _pytest.MonkeyPatch) -> _Path:
+    """cli_env plus GEMMAPIPE_MODEL pointing at a small valid GGUF with an audio+vision mmproj beside
+    it (enough for model validation; pair it with the fake_engine fixture to run commands)."""
+    from gguf_factory import write_mmproj, write_text_model
+
+    d = cli_env / "model"
+    d.mkdir()
+    write_text_model(d / "m.gguf", n_embd=64)
+    write_mmproj(d / "mmproj-m.gguf", width=64)
+    monkeypatch.setenv("GEMMAPIPE_MODEL", str(d / "m.gguf"))
+    return d / "m.gguf"

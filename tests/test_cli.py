@@ -20,15 +20,9 @@ from gguf_factory import write_mmproj, write_text_model
 COMMANDS = ["transcribe", "diarize", "describe", "video", "chat"]
 
 
-@pytest.fixture(autouse=True)
-def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import io
+pytestmark = pytest.mark.usefixtures("cli_env")  # see conftest.py
 
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-    for var in ("GEMMAPIPE_MODEL", "GEMMAPIPE_MMPROJ", "GEMMAPIPE_TRACEBACK", "GEMMAPIPE_CONFIG"):
-        monkeypatch.delenv(var, raising=False)
-    for kind in ("CONFIG", "CACHE", "DATA"):
-        monkeypatch.setenv(f"XDG_{kind}_HOME", str(tmp_path / kind.lower()))
+
 
 
 @pytest.fixture

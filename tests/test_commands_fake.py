@@ -16,22 +16,11 @@ from gemmapipe.core.engine.parts import Audio, Image, Text
 from gemmapipe.core.errors import ExitStatus
 
 from fake_engine import fake_engine  # noqa: F401  (fixture)
-from gguf_factory import write_mmproj, write_text_model
 from media_factory import write_image, write_tone, write_video
 
+pytestmark = pytest.mark.usefixtures("fake_model")  # see conftest.py
 
-@pytest.fixture(autouse=True)
-def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("GEMMAPIPE_MODEL", "GEMMAPIPE_MMPROJ", "GEMMAPIPE_TRACEBACK"):
-        monkeypatch.delenv(var, raising=False)
-    for kind in ("CONFIG", "CACHE", "DATA"):
-        monkeypatch.setenv(f"XDG_{kind}_HOME", str(tmp_path / kind.lower()))
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-    d = tmp_path / "model"
-    d.mkdir()
-    write_text_model(d / "m.gguf", n_embd=64)
-    write_mmproj(d / "mmproj-m.gguf", width=64)
-    monkeypatch.setenv("GEMMAPIPE_MODEL", str(d / "m.gguf"))
+
 
 
 def speech_file(path: Path, bursts: list[tuple[float, float]], total: float) -> Path:

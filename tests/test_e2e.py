@@ -4,7 +4,6 @@ Gemma 4 pair (right plumbing, meaningless text), and the probe projectors on the
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 from pathlib import Path
@@ -22,17 +21,10 @@ from gemmapipe.core.model import resolve
 from media_factory import write_image, write_video
 from models.probe import read_probe_codebook, tokenize, tokens_to_waveform
 
-pytestmark = pytest.mark.model
+pytestmark = [pytest.mark.model, pytest.mark.usefixtures("cli_env")]
 THREADS = 2
 
 
-@pytest.fixture(autouse=True)
-def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("GEMMAPIPE_MODEL", "GEMMAPIPE_MMPROJ", "GEMMAPIPE_TRACEBACK"):
-        monkeypatch.delenv(var, raising=False)
-    for kind in ("CONFIG", "CACHE", "DATA"):
-        monkeypatch.setenv(f"XDG_{kind}_HOME", str(tmp_path / kind.lower()))
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ beyond 127.0.0.1."""
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 import subprocess
@@ -133,13 +132,9 @@ def fake_hub(tiny_gemma4: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest
         thread.join(5)
 
 
-@pytest.fixture(autouse=True)
-def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("GEMMAPIPE_MODEL", "GEMMAPIPE_MMPROJ", "GEMMAPIPE_TRACEBACK", "GEMMAPIPE_CONFIG", "GEMMAPIPE_SERVER"):
-        monkeypatch.delenv(var, raising=False)
-    for kind in ("CONFIG", "CACHE", "DATA"):
-        monkeypatch.setenv(f"XDG_{kind}_HOME", str(tmp_path / kind.lower()))
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+pytestmark = pytest.mark.usefixtures("cli_env")  # see conftest.py
+
+
 
 
 def _sha(path: Path) -> str:

@@ -39,15 +39,9 @@ from gemmapipe.core.errors import ExitStatus
 
 from media_factory import write_image
 
+pytestmark = pytest.mark.usefixtures("cli_env")  # see conftest.py
 
-@pytest.fixture(autouse=True)
-def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("GEMMAPIPE_MODEL", "GEMMAPIPE_MMPROJ", "GEMMAPIPE_TRACEBACK", "GEMMAPIPE_CONFIG",
-                "GEMMAPIPE_SERVER", "GEMMAPIPE_API_KEY", "GEMMAPIPE_SERVER_MODEL"):
-        monkeypatch.delenv(var, raising=False)
-    for kind in ("CONFIG", "CACHE", "DATA"):
-        monkeypatch.setenv(f"XDG_{kind}_HOME", str(tmp_path / kind.lower()))
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+
 
 
 # --- the request format of llama.cpp's server documentation -------------------------------------------
@@ -571,7 +565,7 @@ def test_jobs_transcribe_clips_concurrent_in_order(server: tuple[str, Recorder],
 def test_jobs_bound_requests_in_flight(server: tuple[str, Recorder], tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     url, rec = server
-    rec.reply = lambda body, n: Reply(chunks=["x"], delay=0.6)  # long enough to overlap on a loaded machine
+    rec.reply = lambda body, n: Reply(chunks=["x"], delay=1.5)  # long enough to overlap on a loaded machine
     wavs = [str(speech_file(tmp_path / f"{i}.wav", [(0.5, 1.5), (3.0, 4.0), (5.5, 6.5)], 7.0)) for i in range(3)]
     assert run(["transcribe", "--server", url, "-j", "2", *wavs]) == 0
     assert len(rec.posts()) == 9 and rec.max_in_flight == 2  # inputs x clips, never more than -j at once
