@@ -69,9 +69,7 @@ def command(
 
     def one(spec: str, writer: Any) -> None:
         with open_input(spec) as src:
-            if src.kind != "image":
-                hint = "use `gemmapipe video`" if src.kind == "video" else "use `gemmapipe transcribe`"
-                raise _bad_input(src.name, f"is {src.kind}, not an image", hint)
+            src.require("image")
             with runner.ordered_output(writer) as out:  # under -j: held until earlier inputs are written
                 out.write(describe(src, engine_for, options))
 
@@ -82,8 +80,3 @@ def command(
     finally:
         runner.close()
 
-
-def _bad_input(name: str, reason: str, hint: str) -> Exception:
-    from gemmapipe.core.errors import BadInput
-
-    return BadInput(name, reason, hint)

@@ -62,13 +62,10 @@ def command(
     if dry_run:
         return dry_run_plans(inputs, runner, want_audio=True, want_frames=False, start_ms=start_ms, end_ms=end_ms)
 
-    from gemmapipe.core.tasks.diarize import DiarizeOptions, diarize, n_ctx_for, score_der
+    from gemmapipe.core.tasks.diarize import DiarizeOptions, diarize, n_ctx_for, require_scoring, score_der
 
     if score is not None:
-        try:
-            import pyannote.metrics  # noqa: F401
-        except ImportError:
-            raise UsageError("--score", "needs pyannote.metrics", "pip install 'gemmapipe[score]'") from None
+        require_scoring()  # before any work: exit 2 naming the extra
     lo, hi = (speakers, speakers) if speakers else (min_speakers, max_speakers)
     options = DiarizeOptions(min_speakers=lo, max_speakers=hi, language=language, start_ms=start_ms, end_ms=end_ms,
                              names=[n.strip() for n in names.split(",") if n.strip()] if names else [],

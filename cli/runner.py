@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gemmapipe.core.errors import BadInput, BatchFailed, ExitStatus, GemmapipeError, UsageError
+from gemmapipe.core.errors import BatchFailed, ExitStatus, GemmapipeError, UsageError
 
 from .options import Common
 
@@ -186,7 +186,7 @@ class Runner:
             try:
                 work(spec)
                 self.succeeded += 1
-            except (BadInput, GemmapipeError) as exc:
+            except GemmapipeError as exc:
                 if exc.exit_status in (ExitStatus.MODEL, ExitStatus.USAGE) or getattr(exc, "batch_fatal", False):
                     raise
                 self.failed += 1

@@ -67,11 +67,7 @@ def command(
 
     try:
         with open_input(input) as src:
-            if src.kind != "video":
-                from gemmapipe.core.errors import BadInput
-
-                hint = "use `gemmapipe describe`" if src.kind == "image" else "use `gemmapipe transcribe`"
-                raise BadInput(src.name, f"is {src.kind}, not a video", hint)
+            src.require("video")
             with runner.progress(src.name, 1.0) as advance:
                 result = video(src, engine_for, options, n_ctx, on_progress=advance)  # type: ignore[arg-type]
         runner.info(f"{result.meta.get('tokens_saved', 0)} tokens saved by skipping repeated frames and silence")

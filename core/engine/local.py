@@ -234,7 +234,7 @@ class LocalEngine:
         text, media = self._render(messages, options)
         if self._mtmd is None:
             tokens = self.tokenize(text, add_special=self.add_bos, parse_special=True)
-            return _Prepared(None, [("text", *tokens)] if tokens else [], ["text"], [len(tokens)], [])
+            return _Prepared(None, [("text", *tokens)], ["text"], [len(tokens)], [])
         bitmaps = [self._bitmap(p) for p in media]
         chunks = M.mtmd_input_chunks_init()
         inp = M.mtmd_input_text()
@@ -501,6 +501,8 @@ class LocalEngine:
     def generate(self, messages: list[Message], options: GenerateOptions) -> Iterator[str]:
         prep = self._prepare(messages, options)
         try:
+            if prep.total == 0:
+                raise GemmapipeError("prompt", "is empty", "give some text or an attachment")
             need = prep.total + max(1, options.max_tokens)
             if need > self.n_ctx:
                 raise ContextOverflow("prompt", need, self.n_ctx)

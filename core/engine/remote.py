@@ -461,6 +461,8 @@ class RemoteEngine:
     def count_tokens(self, messages: list[Message], options: GenerateOptions) -> TokenCount:
         """An estimate (no server counts media for us): text ~4 characters a token, an image
         (W/48)*(H/48), audio 25 tokens a second, as the Gemma 4 projectors do."""
+        from ..media.audio import windows_for
+
         per: list[tuple[str, int]] = []
         for m in messages:
             for p in m.parts:
@@ -470,7 +472,7 @@ class RemoteEngine:
                     h, w = p.pixels.shape[:2]
                     per.append(("image", max(1, -(-h // 48)) * max(1, -(-w // 48))))
                 else:
-                    per.append(("audio", (p.samples.size + 639) // 640))
+                    per.append(("audio", windows_for(p.samples.size)))
         return TokenCount(sum(n for _, n in per) + 8 * len(messages), per)
 
     def generate(self, messages: list[Message], options: GenerateOptions) -> Iterator[str]:

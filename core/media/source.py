@@ -396,9 +396,9 @@ class Source:
         want = " or ".join(f"an {k}" if k[0] in "aeiou" else f"a {k}" for k in kinds)
         what = {"image": "an image", "audio": "an audio file", "video": "a video"}[self.kind]
         reason = f"is {what}, not {want}" if purpose is None else f"is {what}, but {purpose} needs {want}"
-        hint = None
-        if "image" in kinds and self.kind == "video":
-            hint = "use the video command for video files"
+        # the command that takes what was given
+        hint = {"image": "use `gemmapipe describe`", "audio": "use `gemmapipe transcribe`",
+                "video": "use `gemmapipe video`"}[self.kind]
         raise BadInput(self.name, reason, hint)
 
     def require_audio(self) -> None:

@@ -110,10 +110,13 @@ class ChatSession:
 
 
 def media_tokens(parts: list[Part]) -> int:
+    from ..media.audio import windows_for
+    from ..media.geometry import tokens_for
+
     n = 0
     for p in parts:
         if isinstance(p, Image):
-            n += (p.pixels.shape[0] // 48) * (p.pixels.shape[1] // 48)
+            n += tokens_for(p.pixels.shape[1], p.pixels.shape[0])
         elif isinstance(p, Audio):
-            n += (p.samples.size + 639) // 640
+            n += windows_for(p.samples.size)
     return n

@@ -5,7 +5,7 @@ for each image of a batch."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -70,8 +70,3 @@ def describe(source: Source, engine_for: Callable[[], Engine], options: Describe
             "generated_tokens": stats.generated, "seconds": round(time.perf_counter() - t0, 3)}
     return Description(file=source.name, text=text, data=data, meta=meta)
 
-
-def describe_many(sources: Iterator[Source], engine_for: Callable[[], Engine],
-                  options: DescribeOptions) -> Iterator[Description]:
-    for src in sources:
-        yield describe(src, engine_for, options)

@@ -126,14 +126,20 @@ def diarize(source: Source, engine_for: Callable[[], Engine], options: DiarizeOp
     return result
 
 
-def score_der(reference_rttm: str, segments: list[Segment], uri: str) -> dict[str, float]:
-    """DER against a reference RTTM with pyannote.metrics (the `score` extra)."""
+def require_scoring() -> None:
+    """UsageError (exit 2) naming the extra to install when pyannote.metrics is missing."""
     try:
-        from pyannote.core import Annotation, Timeline
-        from pyannote.core import Segment as PSegment
-        from pyannote.metrics.diarization import DiarizationErrorRate
+        import pyannote.metrics  # noqa: F401
     except ImportError:
         raise UsageError("--score", "needs pyannote.metrics", "pip install 'gemmapipe[score]'") from None
+
+
+def score_der(reference_rttm: str, segments: list[Segment], uri: str) -> dict[str, float]:
+    """DER against a reference RTTM with pyannote.metrics (the `score` extra)."""
+    require_scoring()
+    from pyannote.core import Annotation, Timeline
+    from pyannote.core import Segment as PSegment
+    from pyannote.metrics.diarization import DiarizationErrorRate
     ref = Annotation(uri=uri)
     try:
         with open(reference_rttm, encoding="utf-8") as fh:

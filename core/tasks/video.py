@@ -67,12 +67,14 @@ class Timeline:
     audio_seconds_silent: int = 0
 
     def tokens(self, frame_tokens: int) -> int:
+        from ..media.audio import windows_for
+
         n = 0
         for u in self.units:
             if u.frame is None and u.audio is None:
                 continue  # nothing left to show for this second: no label either
             n += TEXT_TOKENS_PER_UNIT + (frame_tokens if u.frame is not None else 0)
-            n += (u.audio.size + 639) // 640 if u.audio is not None else 0
+            n += windows_for(u.audio.size) if u.audio is not None else 0
         return n
 
     def saved_tokens(self, frame_tokens: int) -> int:
