@@ -242,3 +242,13 @@ def test_video_too_long_for_context_is_map_reduced(tmp_path: Path, capsys: pytes
     assert all(s in final for s in spans) and "What happens?" in final
     # each window's prompt fits the context it was given
     assert all(fake_engine[0].count_tokens(m, o).total <= 1400 for m, o in requests)
+
+
+def test_video_refuses_audio_and_images_naming_the_right_command(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    wav = write_tone(tmp_path / "a.wav", "wav", seconds=1.0)
+    png = write_image(tmp_path / "i.png", size=(96, 96))
+    assert run(["video", str(wav)]) == ExitStatus.BAD_INPUT
+    assert "use `gemmapipe transcribe`" in capsys.readouterr().err
+    assert run(["video", str(png)]) == ExitStatus.BAD_INPUT
+    assert "use `gemmapipe describe`" in capsys.readouterr().err
