@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gemmapipe.core.errors import BadInput, UsageError
-from gemmapipe.core.media.frames import Frame, frame_plan, frame_size, iter_frames
+from gemmapipe.core.media.frames import Frame, FramePlan, frame_plan, frame_size, iter_frames
 from gemmapipe.core.media.geometry import PATCH, tokens_for
 from gemmapipe.core.media.source import open_input
 
@@ -143,3 +143,86 @@ def test_skipping_unshown_frames_changes_nothing(tmp_path: Path, monkeypatch: py
     assert [(a, b) for a, b, _ in fast] == [(a, b) for a, b, _ in full]
     assert all(np.array_equal(x, y) for (_, _, x), (_, _, y) in zip(fast, full, strict=True))
     assert [frame_index_of(px) for _, _, px in fast] == [t // 100 for t, _, _ in fast]
+
+
+def _frames_with(src: object, threads: str, monkeypatch: pytest.MonkeyPatch, **kw: object) -> list[tuple]:
+    monkeypatch.setenv("GEMMAPIPE_VIDEO_THREADS", threads)
+    return [(f.t_ms, f.index, f.source_ms, f.pixels) for f in iter_frames(src, **kw)]  # type: ignore[arg-type]
+
+
+def _same(a: list[tuple], b: list[tuple]) -> bool:
+    return [x[:3] for x in a] == [x[:3] for x in b] and all(
+        np.array_equal(x[3], y[3]) for x, y in zip(a, b, strict=True)
+    )
+
+
+@pytest.mark.parametrize(
+    ("suffix", "preset", "kw"),
+    [
+        (".mp4", "veryfast", {"fps": 4}),  # B-frames: keyframe decode times lead their pictures
+        (".mkv", "ultrafast", {"fps": 3.3}),
+        (".mp4", "ultrafast", {"fps": 5, "start_ms": 1300, "end_ms": 7100}),
+        (".mov", "veryfast", {"fps": 10, "max_frames": 23}),
+    ],
+)
+def test_parallel_chunks_give_the_sequential_frames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str, preset: str, kw: dict[str, object]
+) -> None:
+    from gemmapipe.core.media import frames as frames_mod
+
+    p = write_video(tmp_path / f"v{suffix}", seconds=8.0, fps=10, gop=7, preset=preset)
+    with open_input(str(p)) as src:
+        monkeypatch.setenv("GEMMAPIPE_VIDEO_THREADS", "3")
+        assert src.info is not None
+        plan = frame_plan(src.info.video_duration_ms or src.info.duration_ms, fps=kw["fps"], start_ms=kw.get("start_ms"),  # type: ignore[arg-type]
+                          end_ms=kw.get("end_ms"), max_frames=kw.get("max_frames"))  # type: ignore[arg-type]
+        chunked = frames_mod._chunk_plan(src, plan, src.info.video_origin_pts)
+        assert chunked is not None and len(chunked[1]) >= 2  # the parallel path is really taken
+        par = _frames_with(src, "3", monkeypatch, **kw)
+        seq = _frames_with(src, "1", monkeypatch, **kw)
+    assert len(seq) == plan.count
+    assert _same(par, seq)
+    assert [i for _, i, _, _ in par] == list(range(len(par)))
+    # each frame is the one on screen at its time (frame colours repeat every 25 frames)
+    assert [frame_index_of(px) for _, _, _, px in par] == [(t // 100) % 25 for t, _, _, _ in par]
+
+
+def test_a_chunk_that_lands_late_seeks_earlier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk told to start from a keyframe after its first sample time retries from an earlier point."""
+    from gemmapipe.core.media import frames as frames_mod
+
+    p = write_video(tmp_path / "v.mp4", seconds=8.0, fps=10, gop=10)
+    real = frames_mod._chunk_plan
+    calls: list[object] = []
+
+    def late(source: object, plan: FramePlan, origin: int | None) -> object:
+        out = real(source, plan, origin)  # type: ignore[arg-type]
+        assert out is not None
+        w, chunks = out
+        # every chunk after the first seeks to the keyframe one GOP after its first sample time
+        bad = [(a, b, None if k is None else k + 10 * 1024) for a, b, k in chunks]
+        calls.append(bad)
+        return w, bad
+
+    real_decode = frames_mod._decode
+    restarts: list[bool] = []
+
+    def decode(*a: object, **k: object) -> object:
+        again = yield from real_decode(*a, **k)  # type: ignore[arg-type]
+        restarts.append(again)
+        return again
+
+    with open_input(str(p)) as src:
+        seq = _frames_with(src, "1", monkeypatch, fps=2)
+        monkeypatch.setattr(frames_mod, "_chunk_plan", late)
+        monkeypatch.setattr(frames_mod, "_decode", decode)
+        par = _frames_with(src, "2", monkeypatch, fps=2)
+    assert calls and any(restarts) and _same(par, seq)
+
+
+def test_parallel_decoding_stops_at_a_truncation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = write_video(tmp_path / "v.mkv", seconds=8.0, fps=10, gop=10)
+    truncate(p, 0.5)
+    monkeypatch.setenv("GEMMAPIPE_VIDEO_THREADS", "2")
+    with pytest.raises(BadInput, match="truncated"), open_input(str(p)) as src:
+        list(iter_frames(src, fps=2))
