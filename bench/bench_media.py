@@ -305,7 +305,28 @@ def bench_frames(video: Path, have_ffmpeg: bool, rounds: int) -> dict[str, Any]:
 
     res = compare("frames", ours, theirs if have_ffmpeg else None, rounds, 1.5)
     res["file"] = video.name
+    res["one_decoder"] = _variant("frames (one decoder)", ours, {"GEMMAPIPE_VIDEO_THREADS": "1"}, res.get("ffmpeg_s"))
     return res
+
+
+def _variant(label: str, fn: Any, env: dict[str, str], ffmpeg_s: float | None) -> dict[str, float]:
+    """Best of two runs of `fn` with `env` set (then restored)."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        runs = [timed(fn)[:2] for _ in range(2)]
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    wall, cpu = min(runs)
+    line = f"{label}: {wall:.2f} s wall, {cpu:.2f} s CPU"
+    if ffmpeg_s:
+        line += f" -> {ffmpeg_s / wall:.2f}x"
+    print(line, flush=True)
+    return {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3)}
 
 
 def bench_audio(speech: Path, have_ffmpeg: bool, rounds: int) -> dict[str, Any]:
@@ -321,23 +342,13 @@ def bench_audio(speech: Path, have_ffmpeg: bool, rounds: int) -> dict[str, Any]:
 
     res = compare("audio", ours, theirs if have_ffmpeg else None, rounds, 1.2)
     res["file"] = speech.name
-    # the two ways the library can run, forced (the default picks by the load average)
-    for label, setting in (("forced_helpers", "4"), ("forced_in_process", "0")):
-        old = os.environ.get("GEMMAPIPE_AUDIO_PROCS")
-        os.environ["GEMMAPIPE_AUDIO_PROCS"] = setting
-        try:
-            runs = [timed(ours)[:2] for _ in range(2)]
-        finally:
-            if old is None:
-                os.environ.pop("GEMMAPIPE_AUDIO_PROCS", None)
-            else:
-                os.environ["GEMMAPIPE_AUDIO_PROCS"] = old
-        best = min(runs)
-        res[label] = {"wall_s": round(best[0], 3), "cpu_s": round(best[1], 3)}
-        line = f"audio ({label.replace('_', ' ')}): {best[0]:.2f} s wall, {best[1]:.2f} s CPU"
-        if "ffmpeg_s" in res:
-            line += f" -> {res['ffmpeg_s'] / best[0]:.2f}x"
-        print(line, flush=True)
+    # the other ways the library can run, forced (the default: libsndfile pieces in helper processes)
+    variants = (
+        ("pyav_in_process", {"GEMMAPIPE_AUDIO_PROCS": "0"}),
+        ("pyav_helper", {"GEMMAPIPE_AUDIO_SNDFILE": "0", "GEMMAPIPE_AUDIO_PROCS": "4"}),
+    )
+    for label, env in variants:
+        res[label] = _variant(label.replace("_", " "), ours, env, res.get("ffmpeg_s"))
     return res
 
 

@@ -60,6 +60,10 @@ def media_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
         note = str(d.get("file", ""))
         if d.get("ratio_cpu") is not None:
             note += f"; CPU-time ratio {d['ratio_cpu']}x"
+        for vkey in ("one_decoder", "pyav_in_process", "pyav_helper"):  # the other ways it can run, forced
+            v = d.get(vkey)
+            if isinstance(v, dict) and v.get("wall_s"):
+                note += f"; {vkey.replace('_', ' ')}: {v['wall_s']:.2f} s ({d['ffmpeg_s'] / v['wall_s']:.2f}x)"
         rows.append(row(rkey, title + quick, ours=d["ours_s"], reference=d["ffmpeg_s"], unit="s",
                         ref_label="ffmpeg CLI", ratio=ratio, target=f">= {target}x",
                         passed=bool(d["met"]) if "met" in d else bool(ratio >= target), note=note))

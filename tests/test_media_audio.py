@@ -173,55 +173,97 @@ def test_mono_16k_float_wav_is_bit_exact(tmp_path: Path) -> None:
 
 
 class _SpyPool:
-    """Wraps audio._Pool to record the pools created (and check they are cleaned up)."""
+    """Wraps audio._Pool to record the pools created and the jobs sent (and check they are cleaned up)."""
 
     made: list = []  # noqa: RUF012
+    jobs: list = []  # noqa: RUF012
 
     def __init__(self, real: type) -> None:
         self.real = real
 
     def __call__(self, n: int):  # type: ignore[no-untyped-def]
         pool = self.real(n)
+        submit = pool.submit
+
+        def spy(w: int, job: dict):  # type: ignore[no-untyped-def]
+            _SpyPool.jobs.append(job)
+            return submit(w, job)
+
+        pool.submit = spy
         _SpyPool.made.append(pool)
         return pool
 
 
 @pytest.fixture
 def small_pieces(monkeypatch: pytest.MonkeyPatch) -> list:
-    from gemmapipe.core.media import audio
+    from gemmapipe.core.media import _sndfile, audio
 
     monkeypatch.setattr(audio, "PROCESS_MIN_SECONDS", 1.0)
-    monkeypatch.setattr(audio, "SEGMENT_SECONDS", 2.0)
-    monkeypatch.setattr(audio, "SEGMENT_MIN_SECONDS", 4.0)
     monkeypatch.setattr(audio, "IDLE_CPUS_FOR_HELPERS", -1e9)  # whatever the machine's load
+    monkeypatch.setattr(_sndfile, "PIECE_SECONDS", 2)
     monkeypatch.delenv("GEMMAPIPE_AUDIO_PROCS", raising=False)
+    monkeypatch.delenv("GEMMAPIPE_AUDIO_SNDFILE", raising=False)
     _SpyPool.made = []
+    _SpyPool.jobs = []
     monkeypatch.setattr(audio, "_Pool", _SpyPool(audio._Pool))
     return _SpyPool.made
 
 
-def _in_process(p: Path, monkeypatch: pytest.MonkeyPatch) -> np.ndarray:
+def _in_process(p: Path, monkeypatch: pytest.MonkeyPatch, **kw: int) -> np.ndarray:
     with monkeypatch.context() as m:
         m.setenv("GEMMAPIPE_AUDIO_PROCS", "0")
         with open_input(str(p)) as src:
-            return read_audio(src)
+            return read_audio(src, **kw)
 
 
-@pytest.mark.parametrize(("sr", "channels"), [(44100, 2), (22050, 1)])
-def test_mp3_pieces_decoded_in_helpers_are_bit_exact(
+@pytest.mark.parametrize(("sr", "channels"), [(44100, 2), (22050, 1), (48000, 2), (8000, 1)])
+def test_long_mp3_pieces_in_helpers_join_to_float_precision(
     tmp_path: Path, sr: int, channels: int, small_pieces: list, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from gemmapipe.core.media import _sndfile
+
     p = write_tone(tmp_path / "long.mp3", "mp3", 6.5, sr, channels, kind="noise")
     with open_input(str(p)) as src:
         got = read_audio(src)
-    import os
-
-    cpus = len(os.sched_getaffinity(0))
-    assert len(small_pieces) == 1 and small_pieces[0].size == min(2, cpus)  # two helpers, three pieces
-    assert all(proc.poll() is not None for proc in small_pieces[0].procs)  # and are gone
+    jobs = [j for j in _SpyPool.jobs if j["mode"] == "sndfile"]
+    assert len(jobs) == 4 and [j["first"] for j in jobs] == [0, 2 * sr, 4 * sr, 6 * sr]
+    assert all(proc.poll() is not None for pool in small_pieces for proc in pool.procs)  # and are gone
+    monkeypatch.setattr(_sndfile, "PIECE_SECONDS", 60)  # one piece: a plain sequential read
+    with open_input(str(p)) as src:
+        whole = read_audio(src)
+    assert got.shape == whole.shape
+    assert np.abs(got - whole).max() <= 2.5e-7  # 1-2 float32 ulps where pieces join (see _sndfile)
+    # FFmpeg's decoder through PyAV: the same length, the same signal to decoder precision
     ref = _in_process(p, monkeypatch)
-    assert got.shape == ref.shape
-    np.testing.assert_array_equal(got, ref)
+    assert got.shape == ref.shape == (round(6.5 * 16000),)
+    assert np.abs(got - ref).max() < 1e-4
+
+
+def test_long_mp3_start_seeks_to_the_same_samples(
+    tmp_path: Path, small_pieces: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gemmapipe.core.media import audio
+
+    monkeypatch.setattr(audio, "SEEK_MIN_MS", 2000)
+    p = write_tone(tmp_path / "long.mp3", "mp3", 8.0, 44100, 2, kind="noise")
+    with open_input(str(p)) as src:
+        full = read_audio(src)
+        _SpyPool.jobs = []
+        blocks = list(iter_audio(src, start_ms=5250, end_ms=7000))
+    assert _SpyPool.jobs[0]["mode"] == "sndfile" and _SpyPool.jobs[0]["first"] > 0  # a seek, not the top
+    assert blocks[0].offset == 5250 * 16
+    part = np.concatenate([b.samples for b in blocks])
+    assert part.shape == (1750 * 16,)
+    assert np.abs(part - full[5250 * 16 : 7000 * 16]).max() < 1e-6
+
+
+def test_sndfile_can_be_switched_off(tmp_path: Path, small_pieces: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = write_tone(tmp_path / "long.mp3", "mp3", 3.0, 44100, 2, kind="noise")
+    monkeypatch.setenv("GEMMAPIPE_AUDIO_SNDFILE", "0")
+    with open_input(str(p)) as src:
+        got = read_audio(src)
+    assert [j["mode"] for j in _SpyPool.jobs] == ["whole"]
+    np.testing.assert_array_equal(got, _in_process(p, monkeypatch))
 
 
 @pytest.mark.parametrize("fmt", ["m4a", "flac"])
@@ -235,8 +277,9 @@ def test_whole_stream_in_one_helper(
     np.testing.assert_array_equal(got, _in_process(p, monkeypatch))
 
 
-def test_helpers_stop_when_the_reader_stops(tmp_path: Path, small_pieces: list) -> None:
-    p = write_tone(tmp_path / "long.mp3", "mp3", 6.5, 44100, 2, kind="noise")
+@pytest.mark.parametrize("fmt", ["m4a", "mp3"])
+def test_helpers_stop_when_the_reader_stops(tmp_path: Path, small_pieces: list, fmt: str) -> None:
+    p = write_tone(tmp_path / f"long.{fmt}", fmt, 6.5, 44100, 2, kind="noise")
     with open_input(str(p)) as src:
         blocks = iter_audio(src, block_samples=4000)
         first = next(blocks)

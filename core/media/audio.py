@@ -12,15 +12,16 @@ exact index (wav, flac, ogg, mp4/mov, mkv/webm, ...); otherwise (mp3, adts, pipe
 the beginning and drops what comes before, so offsets stay exact.
 
 Where the work runs.  Short inputs, pipes and trimmed starts: a decoding thread feeds the resampler in
-the caller's thread.  Files of PROCESS_MIN_SECONDS or more: helper processes
-(`python -m gemmapipe.core.media._audio_worker`) decode and the caller resamples, since PyAV hands the
-GIL back and forth on every packet and two Python threads cannot both decode at speed.  Long MP3s
-(SEGMENT_MIN_SECONDS or more) are cut into SEGMENT_SECONDS pieces decoded by up to four helpers at once;
-each piece is started SEGMENT_PREROLL packets early to rebuild the decoder state, so the result is
-bit-identical to one sequential decode.  Memory stays bounded: a few pieces (about 10 MB each) in flight.
-Helpers are only started when a core is idle (IDLE_CPUS_FOR_HELPERS, from the load average): on a busy
-machine they cost more CPU than they save.  GEMMAPIPE_AUDIO_PROCS=0 keeps everything in this process,
-=N uses up to N helpers whatever the load; if helpers cannot start, decoding falls back to this process.
+the caller's thread.  MP3 files of PROCESS_MIN_SECONDS or more: libsndfile (mpg123) decodes 30-second
+pieces on several threads at once, in one GIL-free call each, seeking sample-exactly (see _sndfile;
+GEMMAPIPE_AUDIO_SNDFILE=0 turns it off); a --start past SEEK_MIN_MS seeks there too.  Other files of
+PROCESS_MIN_SECONDS or more: a helper process (`python -m gemmapipe.core.media._audio_worker`) decodes
+and the caller resamples, since PyAV hands the GIL back and forth on every packet and two Python
+threads cannot both decode at speed.  The helper is only started when a core is idle
+(IDLE_CPUS_FOR_HELPERS, from the load average): on a busy machine it costs more CPU than it saves.
+GEMMAPIPE_AUDIO_PROCS=0 keeps everything in this process, =N allows the helper whatever the load; if it
+cannot start, decoding falls back to this process.  Memory stays bounded: a few chunks or pieces (about
+10 MB each) in flight.
 
 Non-finite samples (NaN/inf, e.g. from a float WAV): SANITIZED, not refused -- each is replaced with 0
 (silence), every sample is clipped to [-1, 1], the block's `nonfinite` counts the replacements and one
@@ -35,7 +36,6 @@ raised at that point ("truncated").
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import queue
 import struct
@@ -126,15 +126,9 @@ _QUEUE = 6
 """Chunks in flight between the sequential decoding thread and the resampler."""
 
 PROCESS_MIN_SECONDS = 60.0
-"""Files at least this long (and not trimmed at the start) are decoded in helper processes, so decoding
-runs beside the resampler without contending for the GIL (PyAV hands the GIL back and forth per
-packet, which costs more than it saves with threads)."""
-
-SEGMENT_SECONDS = 60.0
-"""Length of the pieces long MP3/MP2 files are cut into, decoded by several helper processes."""
-
-SEGMENT_MIN_SECONDS = 180.0
-"""Files shorter than this are decoded by one helper process."""
+"""Files at least this long are decoded beside the resampler: MP3 by libsndfile threads, others (not
+trimmed at the start) in a helper process, without contending for the GIL (PyAV hands the GIL back
+and forth per packet, which costs more than it saves with threads)."""
 
 IDLE_CPUS_FOR_HELPERS = 0.75
 """Helpers are used only when about this many CPUs are idle (CPUs minus the 1-minute load average):
@@ -143,12 +137,8 @@ on a machine already busy they cost more CPU than they save.  GEMMAPIPE_AUDIO_PR
 _ENV_PROCS = "GEMMAPIPE_AUDIO_PROCS"
 """Environment: "0" keeps all decoding in this process; a number caps the helper processes."""
 
-SEGMENT_PREROLL = 10
-"""Packets decoded and thrown away before a piece starts, to rebuild the decoder's state (the MP3 bit
-reservoir and filter-bank overlap need 2-3 frames), so each piece continues the previous one exactly."""
-
-_SEGMENT_CODECS = {"mp3float", "mp3", "mp2float", "mp2"}
-_SEGMENT_FORMATS = {"mp3"}  # raw MPEG audio: packet byte positions are exact frame starts after a seek
+_SNDFILE_CODECS = {"mp3float", "mp3", "mp2float", "mp2"}
+_SNDFILE_FORMATS = {"mp3"}  # raw MPEG audio (FFmpeg's "mp3" demuxer reads layers I-III)
 
 _INT_SCALE = {"u8": 1 / 128, "s16": 1 / 32768, "s32": 1 / 2**31, "s64": 1 / 2**63}
 
@@ -279,14 +269,6 @@ def _idle_cpus(cpus: int) -> float:
         return cpus - os.getloadavg()[0]
     except OSError:  # pragma: no cover - no load average on this system
         return float(cpus)
-
-
-def _seek(container: Any, stream: Any, seek: list[Any]) -> None:
-    kind, target = seek
-    if kind == "byte":
-        container.seek(int(target), unsupported_byte_offset=True)
-    elif kind in ("time", "start"):
-        container.seek(int(target), stream=stream, backward=True, any_frame=False)
 
 
 _MSG = struct.Struct("<cII")  # message type, job id, payload length
@@ -611,124 +593,6 @@ class _Decoder:
 
     # -- helper processes ------------------------------------------------------------------------
 
-    def _segment_plan(self) -> tuple[list[int], list[list[Any]]] | None:
-        """Where the pieces of a long MP3/FLAC file start: byte positions of their first packet (after
-        the pre-roll), and the seek ([kind, target]) that reaches each piece's pre-roll."""
-        src = self.source
-        info = src.info
-        if (
-            info is None
-            or src.path is None
-            or info.format not in _SEGMENT_FORMATS
-            or info.audio_codec not in _SEGMENT_CODECS
-        ):
-            return None
-        seconds = (info.audio_duration_ms or info.duration_ms or 0) / 1000
-        size = src.size or 0
-        if seconds < SEGMENT_MIN_SECONDS or size <= 0:
-            return None
-        n = int(seconds // SEGMENT_SECONDS)
-        if n < 2:
-            return None
-        found: dict[int, tuple[int, list[Any]]] = {}
-        with src.open_av() as c:
-            stream = _audio_stream(c, src.name)
-            tb = stream.time_base
-            origin = stream.start_time or 0
-            if tb is None:
-                return None
-            # the last piece is reached by time (first: a time seek after byte seeks goes astray), so the
-            # demuxer knows where it is and trims the encoder's end padding as a sequential decode does;
-            # the others by byte offset (instant; MPEG audio resyncs on the next frame header)
-            order = [n - 1, *range(1, n - 1)]
-            for k in order:
-                seek: list[Any] = (
-                    ["time", origin + int(k * seconds / n / tb)] if k == n - 1 else ["byte", k * size // n]
-                )
-                _seek(c, stream, seek)
-                seen: list[int] = []
-                for packet in c.demux(stream):
-                    seen.append(packet.pos if packet.pos is not None else -1)
-                    if len(seen) > SEGMENT_PREROLL:
-                        break
-                if len(seen) <= SEGMENT_PREROLL:
-                    return None
-                # frame starts must rise steadily after the first (possibly partial) packet
-                if any(b <= a for a, b in itertools.pairwise(seen[1:])):
-                    return None
-                found[k] = (seen[-1], seek)
-        bounds: list[int] = [-1]
-        seeks: list[list[Any]] = [["none", 0]]
-        for k in range(1, n):
-            pos, seek = found[k]
-            if pos <= bounds[-1]:
-                return None
-            bounds.append(pos)
-            seeks.append(seek)
-        return bounds, seeks
-
-    def _segment(
-        self, k: int, bounds: list[int], seeks: list[list[Any]], put: Any, stop: threading.Event, container: Any = None
-    ) -> tuple[int, int]:
-        """Decode piece k (in a helper process); returns (native samples, rate).
-
-        `container` (an open input container of this source, reused across pieces) is optional."""
-        import av
-
-        from .source import av_bad_input
-
-        src = self.source
-        lo = bounds[k]
-        hi = bounds[k + 1] if k + 1 < len(bounds) else None
-        seek = seeks[k]
-        own = container is None or seek[0] != "byte"  # a time seek after byte seeks goes astray
-        if own:
-            container = src.open_av()
-        try:
-            stream = _audio_stream(container, src.name)
-            for _attempt in range(64):  # until the pre-roll starts before `lo` (at once: these seeks are exact)
-                _seek(container, stream, seek)
-                stream.codec_context.flush_buffers()
-                demux = container.demux(stream)
-                first = next(demux, None)
-                if k == 0 or first is None or first.pos is None or first.pos < lo or seek[0] == "start":
-                    break
-                back = max(0, (seek[1] if seek[0] == "byte" else lo) - (1 << 20))
-                seek = ["byte", back] if back else ["start", stream.start_time or 0]
-                if seek[0] == "start" and not own:
-                    container = src.open_av()
-                    own = True
-                    stream = _audio_stream(container, src.name)
-            collector = _Collector(put)
-            seen_lo = k == 0
-            packet = first
-            while packet is not None and not stop.is_set():
-                pos = packet.pos
-                if packet.size:
-                    if pos is None or pos < 0:
-                        raise BadInput(src.name, "cannot be cut into pieces (no packet positions)")
-                    if hi is not None and pos >= hi:
-                        break
-                    if not seen_lo:
-                        if pos > lo:
-                            raise BadInput(src.name, "could not be decoded consistently (unreliable seeking)")
-                        seen_lo = pos == lo
-                if seen_lo and (packet.size or hi is None):
-                    for frame in self._decode_packet(stream, packet):
-                        collector.add(frame)
-                elif packet.size:
-                    with contextlib.suppress(av.error.FFmpegError):
-                        stream.decode(packet)  # pre-roll: decoder state only (may start mid-frame)
-                try:
-                    packet = next(demux, None)
-                except av.error.FFmpegError as e:
-                    raise av_bad_input(e, src.name, during="decode") from None
-            collector.flush()
-            return collector.samples, collector.rate
-        finally:
-            if own:
-                container.close()
-
     def _process_items(self) -> Iterator[tuple[str, Any]] | None:
         """Items decoded by helper processes, or None when this input is not for them."""
         import os
@@ -748,62 +612,100 @@ class _Decoder:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         if not setting and _idle_cpus(cpus) < IDLE_CPUS_FOR_HELPERS:
             return None  # no idle core: helpers would only add their overhead
-        try:
-            plan = self._segment_plan()
-        except BadInput:
-            raise
-        except Exception:
-            plan = None
         n_workers = 1
-        if plan is not None and cpus >= 2:
-            n_workers = min(len(plan[0]), cpus, 4)
-        if setting.isdigit():
-            n_workers = max(1, min(n_workers, int(setting)))
         try:
             pool = _Pool(n_workers)
         except (OSError, ValueError):
             return None
-        return self._pool_items(pool, plan)
+        return self._pool_items(pool)
 
-    def _pool_items(self, pool: _Pool, plan: tuple[list[int], list[list[Any]]] | None) -> Iterator[tuple[str, Any]]:
+    def _pool_items(self, pool: _Pool) -> Iterator[tuple[str, Any]]:
         src = self.source
         assert src.path is not None
         try:
-            if plan is None:
-                q = pool.submit(0, {"mode": "whole", "path": src.path})
-                for kind, item in self._job_items(pool, q):
-                    if kind == "end":
-                        break
-                    yield kind, item
-                return
-            bounds, seeks = plan
-            n = len(bounds)
+            q = pool.submit(0, {"mode": "whole", "path": src.path})
+            for kind, item in self._job_items(pool, q):
+                if kind == "end":
+                    break
+                yield kind, item
+        finally:
+            pool.close()
+
+    # -- long MP3 files: libsndfile pieces in helper processes --------------------------------------
+
+    def _sndfile_items(self) -> Iterator[tuple[str, Any]] | None:
+        """Items of a long MP3 file decoded by libsndfile in helpers (see _sndfile), or None when not
+        for it.  Used whatever the load: it costs less CPU than decoding with PyAV in this process."""
+        import os
+
+        from . import _sndfile
+
+        src = self.source
+        info = src.info
+        if (
+            not self.allow_procs
+            or os.environ.get(_ENV_PROCS, "") == "0"
+            or src.path is None
+            or info is None
+            or info.format not in _SNDFILE_FORMATS
+            or info.audio_codec not in _SNDFILE_CODECS
+            or not info.sample_rate
+            or not info.channels
+            or (info.audio_duration_ms or info.duration_ms or 0) < PROCESS_MIN_SECONDS * 1000
+            or not _sndfile.usable()
+        ):
+            return None
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        setting = os.environ.get(_ENV_PROCS, "")
+        n = max(1, min(cpus, _sndfile.MAX_PROCS))
+        if setting.isdigit():
+            n = max(1, min(n, int(setting)))
+        try:
+            pool = _Pool(n)
+        except (OSError, ValueError):
+            return None
+        return self._sndfile_gen(pool, info.sample_rate, info.channels, info.audio_duration_ms or info.duration_ms or 0)
+
+    def _sndfile_gen(self, pool: _Pool, rate: int, channels: int, duration_ms: int) -> Iterator[tuple[str, Any]]:
+        import math
+
+        from . import _sndfile
+
+        src = self.source
+        try:
+            first = 0
+            if self.allow_seek and self.start >= ms_to_samples(SEEK_MIN_MS):
+                # libsndfile seeks to a sample: start a second early, on a sample whose 16 kHz position is whole
+                step = rate // math.gcd(rate, SAMPLE_RATE)
+                first = max(0, (self.start - SAMPLE_RATE) * rate // SAMPLE_RATE)
+                first -= first % step
+            size = rate * _sndfile.PIECE_SECONDS
+            known = duration_ms * rate // 1000  # the header's length: the last piece reads to the end anyway
+            starts = list(range(first, max(first + 1, known), size))
             w = pool.size
             queues: dict[int, queue.Queue[Any]] = {}
 
             def submit(k: int) -> None:
-                if k < n:
-                    job = {"mode": "segment", "path": src.path, "k": k, "bounds": bounds, "seeks": seeks}
+                if k < len(starts):
+                    count = size if k + 1 < len(starts) else -1
+                    job = {"mode": "sndfile", "path": src.path, "first": starts[k], "count": count,
+                           "rate": rate, "channels": channels}
                     queues[k] = pool.submit(k % w, job)
 
-            ahead = w + 1  # pieces in flight: the one being resampled, one per helper decoding, one queued
-            for k in range(min(n, ahead)):
+            ahead = w + 1  # pieces in flight: the one being resampled, one per helper, one queued
+            for k in range(min(len(starts), ahead)):
                 submit(k)
-            yield "start", 0
+            yield "start", first * SAMPLE_RATE // rate
             total = 0
-            rate = 1
-            for k in range(n):
+            for k in range(len(starts)):
                 for kind, item in self._job_items(pool, queues.pop(k)):
                     if kind == "end":
                         total += int(item["samples"])
-                        rate = int(item["rate"])
                         break
-                    if kind == "start":
-                        continue
                     yield kind, item
                 submit(k + ahead)
             with src.open_av() as c:
-                self._check_complete(c, _audio_stream(c, src.name), c.format.name, total / max(1, rate))
+                self._check_complete(c, _audio_stream(c, src.name), c.format.name, (first + total) / rate)
         finally:
             pool.close()
 
@@ -833,7 +735,9 @@ class _Decoder:
 
     def chunks(self) -> Iterator[tuple[int, np.ndarray]]:
         """(position, samples) pairs, positions contiguous from the first sample kept (>= start)."""
-        items = self._process_items()
+        items = self._sndfile_items()
+        if items is None:
+            items = self._process_items()
         if items is None:
             items = self._sequential_items()
         emitted = False
