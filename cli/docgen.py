@@ -78,6 +78,12 @@ def man_page() -> str:
     lines += [".SH ENVIRONMENT",
               ".TP", "\\fBGEMMAPIPE_MODEL\\fR, \\fBGEMMAPIPE_MMPROJ\\fR", "Default model and projector.",
               ".TP", "\\fBGEMMAPIPE_TRACEBACK\\fR", "Set to 1 to show tracebacks on errors.",
+              ".TP", "\\fBGEMMAPIPE_VIDEO_THREADS\\fR",
+              "Video decoders working at once, each from its own keyframe (default: the usable cores, at most 8).",
+              ".TP", "\\fBGEMMAPIPE_AUDIO_PROCS\\fR",
+              "Helper processes decoding long audio files (0: none, all in the calling process).",
+              ".TP", "\\fBGEMMAPIPE_AUDIO_SNDFILE\\fR",
+              "Set to 0 to decode long MP3 files with FFmpeg (PyAV) instead of libsndfile in parallel pieces.",
               ".TP", "\\fBXDG_CONFIG_HOME\\fR",
               _esc("Defaults are read from $XDG_CONFIG_HOME/gemmapipe/config.toml; precedence: "
                    "flag > environment > config file > built-in."),
