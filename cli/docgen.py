@@ -25,9 +25,11 @@ def _arg_name(p: Any) -> str:
 
 
 def _metavar(p: Any) -> str:
+    # Typer 0.29 keeps the annotation on the parameter; earlier versions give Click a typed ParamType
     ann = str(getattr(getattr(p, "type_descriptor", None), "annotation", ""))
-    for key, name in (("int", "N"), ("float", "X"), ("Path", "PATH")):
-        if key in ann:
+    ann += " " + str(getattr(getattr(p, "type", None), "name", ""))
+    for key, name in (("int", "N"), ("float", "X"), ("path", "PATH")):
+        if key in ann.lower():
             return name
     return "TEXT"
 
