@@ -201,6 +201,7 @@ def small_pieces(monkeypatch: pytest.MonkeyPatch) -> list:
     monkeypatch.setattr(audio, "PROCESS_MIN_SECONDS", 1.0)
     monkeypatch.setattr(audio, "IDLE_CPUS_FOR_HELPERS", -1e9)  # whatever the machine's load
     monkeypatch.setattr(_sndfile, "PIECE_SECONDS", 2)
+    monkeypatch.setattr(_sndfile, "MIN_SECONDS", 1.0)
     monkeypatch.delenv("GEMMAPIPE_AUDIO_PROCS", raising=False)
     monkeypatch.delenv("GEMMAPIPE_AUDIO_SNDFILE", raising=False)
     _SpyPool.made = []

@@ -12,9 +12,9 @@ exact index (wav, flac, ogg, mp4/mov, mkv/webm, ...); otherwise (mp3, adts, pipe
 the beginning and drops what comes before, so offsets stay exact.
 
 Where the work runs.  Short inputs, pipes and trimmed starts: a decoding thread feeds the resampler in
-the caller's thread.  MP3 files of PROCESS_MIN_SECONDS or more: libsndfile (mpg123) decodes 30-second
-pieces on several threads at once, in one GIL-free call each, seeking sample-exactly (see _sndfile;
-GEMMAPIPE_AUDIO_SNDFILE=0 turns it off); a --start past SEEK_MIN_MS seeks there too.  Other files of
+the caller's thread.  MP3 files of _sndfile.MIN_SECONDS or more: libsndfile (mpg123) decodes 10-second
+pieces in several helper processes at once, one call each (see _sndfile; GEMMAPIPE_AUDIO_SNDFILE=0
+turns it off); a --start past SEEK_MIN_MS seeks there too.  Other files (and shorter MP3s) of
 PROCESS_MIN_SECONDS or more: a helper process (`python -m gemmapipe.core.media._audio_worker`) decodes
 and the caller resamples, since PyAV hands the GIL back and forth on every packet and two Python
 threads cannot both decode at speed.  The helper is only started when a core is idle
@@ -125,10 +125,12 @@ _CHUNK = 1 << 16
 _QUEUE = 6
 """Chunks in flight between the sequential decoding thread and the resampler."""
 
-PROCESS_MIN_SECONDS = 60.0
-"""Files at least this long are decoded beside the resampler: MP3 by libsndfile threads, others (not
-trimmed at the start) in a helper process, without contending for the GIL (PyAV hands the GIL back
-and forth per packet, which costs more than it saves with threads)."""
+PROCESS_MIN_SECONDS = 600.0
+"""Files at least this long (not trimmed at the start; long MP3s: see _sndfile.MIN_SECONDS) are decoded
+beside the resampler in a helper process, without contending for the GIL (PyAV hands the GIL back
+and forth per packet, which costs more than it saves with threads).  Measured on 2 cores with MP3s
+forced through it: no faster than this process up to 10 minutes (5 min 0.79-0.89 s vs 0.54-0.56 s;
+10 min 1.31-1.36 vs 1.14-1.26), hence the high bar."""
 
 IDLE_CPUS_FOR_HELPERS = 0.75
 """Helpers are used only when about this many CPUs are idle (CPUs minus the 1-minute load average):
@@ -651,7 +653,7 @@ class _Decoder:
             or info.audio_codec not in _SNDFILE_CODECS
             or not info.sample_rate
             or not info.channels
-            or (info.audio_duration_ms or info.duration_ms or 0) < PROCESS_MIN_SECONDS * 1000
+            or (info.audio_duration_ms or info.duration_ms or 0) < _sndfile.MIN_SECONDS * 1000
             or not _sndfile.usable()
         ):
             return None
