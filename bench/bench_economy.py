@@ -9,7 +9,9 @@ probe models answer the same either way.
 2. Same answers with skipping (Gemma 3 270M + the audio probe projector of tests/models/probe.py,
    whose audio spells text tokens). A recording of probe utterances (the probe's own sentences,
    0.2-0.9 s) separated by pauses of 0.6-1.2 s; each utterance is answered (greedy continuation;
-   the 270M is a base model) three times with the real engine: its audio alone (the reference),
+   the 270M is a base model) three times with the real engine: its own span of the recording alone
+   (the reference: the speech as recorded, background noise included; the clean utterance's answer
+   is recorded too),
    with skipping (core/tasks/transcribe.py `iter_segments` over the VAD's clips, as `gemmapipe
    transcribe` does) and without (the same `clip_messages` for the utterance with all the audio
    around it, up to the middle of the pauses). Same answers = with skipping, every utterance gets
@@ -139,7 +141,8 @@ def silence_answers(model: Path, threads: int, n: int, noise_db: float | None) -
             text = "".join(eng.generate(clip_messages(samples, options, templated=templated), options.generate))
             return " ".join(text.split())
 
-        alone = [ask(w) for w in waves]
+        alone = [ask(x[a:b]) for a, b in spans]  # the speech as recorded (noise and all), nothing around it
+        clean = [ask(w) for w in waves]
         ev0 = eng.stats.total_prompt_evaluated
         t = time.perf_counter()
         segs = list(iter_segments(iter(clips), lambda: eng, options, templated=lambda e: templated))
@@ -162,7 +165,9 @@ def silence_answers(model: Path, threads: int, n: int, noise_db: float | None) -
         "model_s_with": round(t_skip, 2), "model_s_without": round(t_full, 2),
         "same_with_skipping": sum(p == q for p, q in zip(with_skip, alone, strict=True)),
         "same_without_skipping": sum(p == q for p, q in zip(without, alone, strict=True)),
-        "answers_speech_alone": alone, "answers_with_skipping": with_skip, "answers_without_skipping": without,
+        "same_as_clean_speech_with_skipping": sum(p == q for p, q in zip(with_skip, clean, strict=True)),
+        "answers_clean_speech": clean, "answers_speech_alone": alone, "answers_with_skipping": with_skip,
+        "answers_without_skipping": without,
     }
 
 
@@ -281,7 +286,9 @@ def main() -> int:
                         ref_label="no skipping", ratio=sa["saved_fraction"], target="same answers",
                         passed=sa["same_with_skipping"] == sa["utterances"],
                         note=f"answer as to the speech alone: {sa['same_with_skipping']}/{sa['utterances']} with "
-                             f"skipping, {sa['same_without_skipping']}/{sa['utterances']} without; "
+                             f"skipping, {sa['same_without_skipping']}/{sa['utterances']} without "
+                             f"({sa['same_as_clean_speech_with_skipping']}/{sa['utterances']} as to the clean "
+                             "speech with skipping); "
                              f"{sa['pause_fraction']:.0%} pauses; ratio = fraction saved"))
 
     vprobe = vision_probe(model)
