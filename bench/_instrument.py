@@ -109,7 +109,7 @@ def install() -> None:
     from gemmapipe.core.engine import local
 
     cls = local.LocalEngine
-    orig_init, orig_generate = cls.__init__, cls.generate
+    orig_init, orig_generate, orig_cached = cls.__init__, cls.generate, cls.generate_cached
     orig_save, orig_load = cls.save_state, cls.load_state
 
     def init(self, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -119,10 +119,12 @@ def install() -> None:
         finally:
             REC.engine_inits.append({"start": t, "end": now(), "native_load_ns": REC.native_load - n0})
 
-    def generate(self, messages, options):  # type: ignore[no-untyped-def]
+    def generate(self, messages, options, orig=orig_generate):  # type: ignore[no-untyped-def]
         t_call = now()
         c0, l0, s0 = REC.native_compute, REC.native_load, REC.native_state
-        it = orig_generate(self, messages, options)
+        it = orig(self, messages, options)
+        if it is None:  # generate_cached: the saved state does not fit the prompt
+            return None
         entry: dict[str, object] = {"call": t_call, "prepared": now(), "stats_prefill": dict(self.stats.as_dict())}
         REC.requests.append(entry)
 
@@ -159,7 +161,11 @@ def install() -> None:
         REC.states.append({"op": "load", "start": t, "end": now(), "bytes": len(blob), "ok": bool(ok)})
         return ok
 
+    def generate_cached(self, messages, options):  # type: ignore[no-untyped-def]
+        return generate(self, messages, options, orig=orig_cached)
+
     cls.__init__, cls.generate, cls.save_state, cls.load_state = init, generate, save_state, load_state
+    cls.generate_cached = generate_cached
 
 
 def main() -> int:

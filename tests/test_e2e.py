@@ -197,6 +197,32 @@ def test_cli_video_follow_up_reuses_saved_state(tiny_gemma4: tuple[Path, Path], 
     assert second["prompt_evaluated"] < first["prompt_evaluated"] / 4
 
 
+def test_cli_video_follow_up_does_not_decode_the_video_again(tiny_gemma4: tuple[Path, Path], tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from gemmapipe.core.tasks import video as video_task
+
+    model, _ = tiny_gemma4
+    mp4 = write_video(tmp_path / "v.mp4", seconds=4.0, fps=5, with_audio=True)
+    base = ["video", "-m", str(model), "-t", str(THREADS), "--max-tokens", "6", "-f", "json", "-c", "4096"]
+    assert run([*base, "-p", "first question", str(mp4)]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["meta"]["cache"] == "miss"
+    assert run([*base, "--no-cache", "-p", "another question", str(mp4)]) == 0
+    fresh = json.loads(capsys.readouterr().out)  # the whole prompt evaluated from scratch
+
+    def no_decoding(*_: object, **__: object) -> None:
+        raise AssertionError("the video was decoded again")
+
+    monkeypatch.setattr(video_task, "build_timeline", no_decoding)
+    assert run([*base, "-p", "another question", str(mp4)]) == 0
+    hit = json.loads(capsys.readouterr().out)
+    assert hit["meta"]["cache"] == "hit" and hit["meta"]["timeline"] == "saved"
+    assert hit["text"] == fresh["text"]  # the same greedy answer as evaluating everything again
+    assert hit["meta"]["frames"] == first["meta"]["frames"] == fresh["meta"]["frames"]
+    assert hit["meta"]["prompt_evaluated"] < fresh["meta"]["prompt_evaluated"] / 4
+
+
 def test_cli_chat_tiny_with_attachments(tiny_gemma4: tuple[Path, Path], tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     model, _ = tiny_gemma4
@@ -355,3 +381,18 @@ def test_thinking_is_stripped_and_routed(tiny_engine: LocalEngine, monkeypatch: 
     assert out == "final answer"
     assert "".join(thoughts) == "hmm let me see"
     assert eng.stats.stop_reason == "eog"
+
+
+def test_cli_video_saved_timeline_is_not_used_for_another_model_setup(tiny_gemma4: tuple[Path, Path],
+                                                                       tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    model, _ = tiny_gemma4
+    mp4 = write_video(tmp_path / "v.mp4", seconds=3.0, fps=5, with_audio=True)
+    base = ["video", "-m", str(model), "-t", str(THREADS), "--max-tokens", "4", "-f", "json"]
+    assert run([*base, "-c", "4096", "-p", "first question", str(mp4)]) == 0
+    assert json.loads(capsys.readouterr().out)["meta"]["cache"] == "miss"
+    assert run([*base, "-c", "3072", "-p", "first question", str(mp4)]) == 0  # another context: another state
+    other = json.loads(capsys.readouterr().out)["meta"]
+    assert other["cache"] == "miss" and "timeline" not in other
+    assert run([*base, "-c", "3072", "-p", "second question", str(mp4)]) == 0
+    assert json.loads(capsys.readouterr().out)["meta"]["timeline"] == "saved"

@@ -54,6 +54,7 @@ class _Prepared:
     kinds: list[str]
     n_tokens: list[int]
     bitmaps: list[Any]
+    stand_ins: bool = False  # media parts are placeholders for chunks already in the KV cache
 
     @property
     def total(self) -> int:
@@ -411,6 +412,8 @@ class LocalEngine:
             if pos_in_chunks <= keep_tokens:
                 continue
             last = i == last_index
+            if prep.stand_ins and sig[0] != "text":
+                raise GemmapipeError("cache", "the restored state does not hold the media this prompt needs")
             if sig[0] == "text":
                 skip = max(0, keep_tokens - chunk_start)
                 toks = list(sig[1 + skip :])
@@ -499,7 +502,37 @@ class LocalEngine:
         return chain
 
     def generate(self, messages: list[Message], options: GenerateOptions) -> Iterator[str]:
+        return self._generate_prepared(self._prepare(messages, options), options)
+
+    def generate_cached(self, messages: list[Message], options: GenerateOptions) -> Iterator[str] | None:
+        """`generate` for a prompt whose media all sit in the KV cache already (a restored state), so
+        the media need not be decoded again: the image/audio parts given are stand-ins of the same kinds
+        (their content is never evaluated) and the cached chunks' signatures and sizes replace theirs.
+        None, with nothing evaluated, unless every chunk up to the prompt's last media matches the
+        cache (same text, same kind of media)."""
         prep = self._prepare(messages, options)
+        media = [i for i, k in enumerate(prep.kinds) if k != "text"]
+        ok = bool(media) and len(self._cached) > media[-1]
+        for i in range(media[-1] + 1 if ok else 0):
+            old, new = self._cached[i], prep.sigs[i]
+            if new[0] == "text":
+                ok = old == new
+            else:
+                ok = old[0] == "media" and old[1] == new[1]
+                if ok:
+                    prep.sigs[i], prep.n_tokens[i] = old, int(old[3])
+            if not ok:
+                break
+        if ok:
+            covered = sum(prep.n_tokens[: media[-1] + 1])
+            ok = self._reuse_prefix(prep.sigs) >= covered and self._n_past >= covered
+        if not ok:
+            self._release(prep)
+            return None
+        prep.stand_ins = True
+        return self._generate_prepared(prep, options)
+
+    def _generate_prepared(self, prep: _Prepared, options: GenerateOptions) -> Iterator[str]:
         try:
             if prep.total == 0:
                 raise GemmapipeError("prompt", "is empty", "give some text or an attachment")

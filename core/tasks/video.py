@@ -35,6 +35,7 @@ DEFAULT_PROMPT = "Describe what happens in this video, citing times as [mm:ss]."
 TEXT_TOKENS_PER_UNIT = 8  # "[mm:ss] " and separators, measured on Gemma's tokenizer (~6-8)
 DUP_THRESHOLD = 2.0  # mean absolute difference (0-255) under which a frame repeats the last kept one
 SILENCE_RMS = 10 ** (-50 / 20)  # -50 dBFS
+MAX_SKELETONS = 1000  # saved timeline skeletons kept beside the prefilled states (a few kB each)
 
 
 @dataclass
@@ -195,9 +196,74 @@ def _generate(engine: Engine, messages: list[Message], gen: GenerateOptions) -> 
     return "".join(engine.generate(messages, gen)).strip()
 
 
+def _skeleton(tl: Timeline) -> list[list[int]]:
+    """What the prompt's text depends on: each unit's time and which media it has."""
+    return [[u.t_ms, int(u.frame is not None), int(u.audio is not None)] for u in tl.units]
+
+
+def skeleton_key(source: Source, options: VideoOptions) -> str:
+    """Names the saved skeleton of a video's timeline: the file and the options that shape the timeline
+    (not the model: a bad video should fail before any model is loaded, so this is looked up first)."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"fps": options.fps, "frame_tokens": options.frame_tokens, "start": options.start_ms,
+                         "end": options.end_ms, "max_frames": options.max_frames, "audio": options.audio,
+                         "dedupe": options.dedupe}, sort_keys=True).encode())
+    h.update(source.sha256().encode())
+    return "timeline-" + h.hexdigest()[:32]
+
+
+def _saved_skeleton(source: Source, options: VideoOptions) -> dict[str, Any] | None:
+    if options.cache_dir is None:
+        return None
+    try:
+        saved: dict[str, Any] = json.loads((options.cache_dir / f"{skeleton_key(source, options)}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+def _answer_from_state(source: Source, engine: Engine, options: VideoOptions, saved: dict[str, Any],
+                       t0: float) -> Description | None:
+    """A follow-up on a video whose prefilled state was saved: the timeline's skeleton, saved with the
+    state, rebuilds the prompt's text around stand-in media (the state already holds the real ones),
+    so the video is not decoded again.  None when the saved state does not fit this engine."""
+    import numpy as np
+
+    if options.cache_dir is None or not hasattr(engine, "generate_cached"):
+        return None
+    key = cache_key(source, engine, options)
+    try:
+        if saved["state_key"] != key:
+            return None
+        blob = (options.cache_dir / f"{key}.state").read_bytes()
+        frame, clip = np.zeros((48, 48, 3), np.uint8), np.zeros(SAMPLE_RATE, np.float32)
+        units = [Unit(int(t), frame if f else None, clip if a else None) for t, f, a in saved["units"]]
+        meta = dict(saved["meta"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not engine.load_state(blob):  # type: ignore[attr-defined]
+        return None
+    messages = [Message("user", [*unit_parts(units), Text("\n" + options.prompt)])]
+    out = engine.generate_cached(messages, options.generate)
+    if out is None:
+        engine.reset()  # type: ignore[attr-defined]
+        return None
+    text = "".join(out).strip()
+    meta.update(cache="hit", timeline="saved", prompt_evaluated=engine.stats.prompt_evaluated, windows=1,
+                seconds=round(time.perf_counter() - t0, 3))
+    return Description(file=source.name, text=text, meta=meta)
+
+
 def video(source: Source, engine_for: Callable[[int], Engine], options: VideoOptions, n_ctx: int,
           on_progress: Callable[[float], None] | None = None) -> Description:
     t0 = time.perf_counter()
+    engine: Engine | None = None
+    saved = _saved_skeleton(source, options)
+    if saved is not None:
+        engine = engine_for(n_ctx)
+        hit = _answer_from_state(source, engine, options, saved, t0)
+        if hit is not None:
+            return hit
     tl = build_timeline(source, options)
     frame_tokens = options.frame_tokens
     total = tl.tokens(frame_tokens)
@@ -205,7 +271,8 @@ def video(source: Source, engine_for: Callable[[int], Engine], options: VideoOpt
     meta: dict[str, Any] = {"frames": tl.frames_total, "frames_dropped": tl.frames_dropped,
                             "audio_seconds": tl.audio_seconds_total, "audio_seconds_silent": tl.audio_seconds_silent,
                             "tokens_media": total, "tokens_saved": tl.saved_tokens(frame_tokens)}
-    engine = engine_for(n_ctx)
+    if engine is None:
+        engine = engine_for(n_ctx)
     question = Text("\n" + options.prompt)
     if total <= prompt_budget:
         messages = [Message("user", [*unit_parts(tl.units), question])]
@@ -219,8 +286,13 @@ def video(source: Source, engine_for: Callable[[int], Engine], options: VideoOpt
                 meta["cache"] = "miss"
                 path = state_file
 
+                skeleton = {"state_key": path.stem, "units": _skeleton(tl), "meta": dict(meta)}
+                skeleton_file = options.cache_dir / f"{skeleton_key(source, options)}.json"
+
                 def save() -> None:
+                    assert engine is not None
                     write_state(path, engine.save_state(), options.cache_dir)
+                    write_state(skeleton_file, json.dumps(skeleton).encode(), None)
 
                 gen = GenerateOptions(**{**gen.__dict__, "on_media_evaluated": save})
 
@@ -270,3 +342,6 @@ def write_state(path: Path, blob: bytes, cache_dir: Path | None, cap_bytes: int 
         used += p.stat().st_size
         if used > cap_bytes and p != path:
             p.unlink(missing_ok=True)
+    skeletons = sorted(cache_dir.glob("timeline-*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for p in skeletons[MAX_SKELETONS:]:  # small, but not to pile up forever
+        p.unlink(missing_ok=True)
