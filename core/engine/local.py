@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..cpus import usable_cpus
 from ..errors import ContextOverflow, GemmapipeError, ModelError
 from ..model import AUDIO, VISION, ModelPair
 from .base import EngineConfig, EngineStats, GenerateOptions, TokenCount
@@ -40,11 +41,7 @@ _THOUGHT_OPEN, _THOUGHT_CLOSE = "<|channel>", "<channel|>"
 _MEDIA_WRAPPERS = {"image": ("<|image>", "<image|>"), "audio": ("<|audio>", "<audio|>")}
 
 def default_threads() -> int:
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        n = os.cpu_count() or 4
-    return max(1, min(n, 16))
+    return max(1, min(usable_cpus(), 16))
 
 
 @dataclass

@@ -44,6 +44,7 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..cpus import usable_cpus
 from ..errors import BadInput, UsageError
 
 if TYPE_CHECKING:
@@ -611,7 +612,7 @@ class _Decoder:
             or (info.audio_duration_ms or info.duration_ms or 0) < PROCESS_MIN_SECONDS * 1000
         ):
             return None
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cpus = usable_cpus()
         if not setting and _idle_cpus(cpus) < IDLE_CPUS_FOR_HELPERS:
             return None  # no idle core: helpers would only add their overhead
         n_workers = 1
@@ -657,7 +658,7 @@ class _Decoder:
             or not _sndfile.usable()
         ):
             return None
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cpus = usable_cpus()
         setting = os.environ.get(_ENV_PROCS, "")
         n = max(1, min(cpus, _sndfile.MAX_PROCS))
         if setting.isdigit():

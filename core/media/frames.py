@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
+from ..cpus import usable_cpus
 from ..errors import BadInput, UsageError
 from .geometry import DEFAULT_FRAME_TOKENS, fit_size
 
@@ -205,8 +206,7 @@ def _threads() -> int:
     setting = os.environ.get(_ENV_THREADS, "").strip()
     if setting.isdigit():
         return max(1, min(int(setting), 64))
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cpus, MAX_THREADS))
+    return max(1, min(usable_cpus(), MAX_THREADS))
 
 
 def _chunk_plan(

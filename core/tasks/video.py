@@ -176,13 +176,18 @@ def split_windows(units: list[Unit], budget: int, frame_tokens: int) -> list[lis
     return [w for w in windows if w]
 
 
+def _timeline_options(options: VideoOptions) -> dict[str, Any]:
+    """The options that shape the timeline (and so the prompt but for the question)."""
+    return {"fps": options.fps, "frame_tokens": options.frame_tokens, "start": options.start_ms,
+            "end": options.end_ms, "max_frames": options.max_frames, "audio": options.audio,
+            "dedupe": options.dedupe}
+
+
 def cache_key(source: Source, engine: Engine, options: VideoOptions) -> str:
     desc = engine.describe()
     h = hashlib.sha256()
     h.update(json.dumps({"model": desc.get("model"), "mmproj": desc.get("mmproj"), "n_ctx": desc.get("n_ctx"),
-                         "fps": options.fps, "frame_tokens": options.frame_tokens, "start": options.start_ms,
-                         "end": options.end_ms, "max_frames": options.max_frames, "audio": options.audio,
-                         "dedupe": options.dedupe}, sort_keys=True).encode())
+                         **_timeline_options(options)}, sort_keys=True).encode())
     for key in ("model", "mmproj"):
         p = desc.get(key)
         if p:
@@ -205,9 +210,7 @@ def skeleton_key(source: Source, options: VideoOptions) -> str:
     """Names the saved skeleton of a video's timeline: the file and the options that shape the timeline
     (not the model: a bad video should fail before any model is loaded, so this is looked up first)."""
     h = hashlib.sha256()
-    h.update(json.dumps({"fps": options.fps, "frame_tokens": options.frame_tokens, "start": options.start_ms,
-                         "end": options.end_ms, "max_frames": options.max_frames, "audio": options.audio,
-                         "dedupe": options.dedupe}, sort_keys=True).encode())
+    h.update(json.dumps(_timeline_options(options), sort_keys=True).encode())
     h.update(source.sha256().encode())
     return "timeline-" + h.hexdigest()[:32]
 
