@@ -597,7 +597,7 @@ class _Decoder:
     # -- helper processes ------------------------------------------------------------------------
 
     def _process_items(self) -> Iterator[tuple[str, Any]] | None:
-        """Items decoded by helper processes, or None when this input is not for them."""
+        """Items decoded by a helper process (the whole stream), or None when this input is not for it."""
         import os
 
         src = self.source
@@ -612,12 +612,10 @@ class _Decoder:
             or (info.audio_duration_ms or info.duration_ms or 0) < PROCESS_MIN_SECONDS * 1000
         ):
             return None
-        cpus = usable_cpus()
-        if not setting and _idle_cpus(cpus) < IDLE_CPUS_FOR_HELPERS:
-            return None  # no idle core: helpers would only add their overhead
-        n_workers = 1
+        if not setting and _idle_cpus(usable_cpus()) < IDLE_CPUS_FOR_HELPERS:
+            return None  # no idle core: a helper would only add its overhead
         try:
-            pool = _Pool(n_workers)
+            pool = _Pool(1)
         except (OSError, ValueError):
             return None
         return self._pool_items(pool)
@@ -645,9 +643,10 @@ class _Decoder:
 
         src = self.source
         info = src.info
+        setting = os.environ.get(_ENV_PROCS, "")
         if (
             not self.allow_procs
-            or os.environ.get(_ENV_PROCS, "") == "0"
+            or setting == "0"
             or src.path is None
             or info is None
             or info.format not in _SNDFILE_FORMATS
@@ -658,9 +657,7 @@ class _Decoder:
             or not _sndfile.usable()
         ):
             return None
-        cpus = usable_cpus()
-        setting = os.environ.get(_ENV_PROCS, "")
-        n = max(1, min(cpus, _sndfile.MAX_PROCS))
+        n = max(1, min(usable_cpus(), _sndfile.MAX_PROCS))
         if setting.isdigit():
             n = max(1, min(n, int(setting)))
         try:
