@@ -50,6 +50,7 @@ from ..errors import BadInput, UsageError
 if TYPE_CHECKING:
     import numpy as np
 
+    from .probe import MediaInfo
     from .source import Source
 
 SAMPLE_RATE = 16000
@@ -596,21 +597,21 @@ class _Decoder:
 
     # -- helper processes ------------------------------------------------------------------------
 
-    def _process_items(self) -> Iterator[tuple[str, Any]] | None:
-        """Items decoded by a helper process (the whole stream), or None when this input is not for it."""
+    def _helpers_setting(self, min_seconds: float) -> str | None:
+        """GEMMAPIPE_AUDIO_PROCS ("" when unset) when this input may go to helper processes: a file of
+        at least `min_seconds`, helpers not turned off; None otherwise."""
         import os
 
-        src = self.source
-        info = src.info
+        src, info = self.source, self.source.info
         setting = os.environ.get(_ENV_PROCS, "")
-        if (
-            not self.allow_procs
-            or setting == "0"
-            or self.start != 0
-            or src.path is None
-            or info is None
-            or (info.audio_duration_ms or info.duration_ms or 0) < PROCESS_MIN_SECONDS * 1000
-        ):
+        if not self.allow_procs or setting == "0" or src.path is None or info is None:
+            return None
+        return setting if _duration_ms(info) >= min_seconds * 1000 else None
+
+    def _process_items(self) -> Iterator[tuple[str, Any]] | None:
+        """Items decoded by a helper process (the whole stream), or None when this input is not for it."""
+        setting = self._helpers_setting(PROCESS_MIN_SECONDS)
+        if setting is None or self.start != 0:
             return None
         if not setting and _idle_cpus(usable_cpus()) < IDLE_CPUS_FOR_HELPERS:
             return None  # no idle core: a helper would only add its overhead
@@ -637,23 +638,17 @@ class _Decoder:
     def _sndfile_items(self) -> Iterator[tuple[str, Any]] | None:
         """Items of a long MP3 file decoded by libsndfile in helpers (see _sndfile), or None when not
         for it.  Used whatever the load: it costs less CPU than decoding with PyAV in this process."""
-        import os
-
         from . import _sndfile
 
-        src = self.source
-        info = src.info
-        setting = os.environ.get(_ENV_PROCS, "")
+        info = self.source.info
+        setting = self._helpers_setting(_sndfile.MIN_SECONDS)
         if (
-            not self.allow_procs
-            or setting == "0"
-            or src.path is None
+            setting is None
             or info is None
             or info.format not in _SNDFILE_FORMATS
             or info.audio_codec not in _SNDFILE_CODECS
             or not info.sample_rate
             or not info.channels
-            or (info.audio_duration_ms or info.duration_ms or 0) < _sndfile.MIN_SECONDS * 1000
             or not _sndfile.usable()
         ):
             return None
@@ -664,7 +659,7 @@ class _Decoder:
             pool = _Pool(n)
         except (OSError, ValueError):
             return None
-        return self._sndfile_gen(pool, info.sample_rate, info.channels, info.audio_duration_ms or info.duration_ms or 0)
+        return self._sndfile_gen(pool, info.sample_rate, info.channels, _duration_ms(info))
 
     def _sndfile_gen(self, pool: _Pool, rate: int, channels: int, duration_ms: int) -> Iterator[tuple[str, Any]]:
         import math
@@ -812,6 +807,11 @@ class _Decoder:
         if hi > lo:
             yield pos + lo, data[lo:hi]
         return pos + n
+
+
+def _duration_ms(info: MediaInfo) -> int:
+    """The audio stream's length, else the container's, else 0 (unknown)."""
+    return info.audio_duration_ms or info.duration_ms or 0
 
 
 def _sanitize(block: np.ndarray, source: Source) -> int:
