@@ -65,6 +65,7 @@ def command(
     if any(isinstance(p, Audio) for p in parts):
         needs.add("audio")
     runner = Runner(common, needs=needs, command="chat")
+    runner.plan_outputs(attach)  # -o onto an attachment would destroy it
     store = _session_path(session or "last") if (session or cont) else None
     convo = ChatSession.load(store, image_tokens=image_tokens) if store and (cont or session) else ChatSession()
     if system:
@@ -84,11 +85,13 @@ def command(
 
             return repl(convo, engine, options, parts, attach, image_tokens=image_tokens, store=store,
                         info=runner.info)
-        out = sys.stdout
-        for piece in convo.ask(engine(), text, parts, options, attach):
-            out.write(piece)
-            out.flush()
-        out.write("\n")
+        from gemmapipe.core.sink import open_sink
+
+        with open_sink(common.output) as out:
+            for piece in convo.ask(engine(), text, parts, options, attach):
+                out.write(piece)
+                out.flush()
+            out.write("\n")
         if thoughts:
             sys.stderr.write("\n")
         # Every one-shot conversation is kept as "last", so --continue can pick it up.

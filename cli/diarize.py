@@ -83,6 +83,6 @@ def command(
                 der.get("false alarm", 0.0), der.get("confusion", 0.0)))
         return result
 
-    return run_segments(inputs, runner=runner, fmt=fmt, output_dir=output_dir, fail_fast=fail_fast,
+    return run_segments(inputs, runner=runner, fmt=fmt, formats=FORMATS, output_dir=output_dir, fail_fast=fail_fast,
                         task=task, meta={"task": "diarize"}, skip_existing=skip_existing,
                         errors_as_records=errors_as_records)

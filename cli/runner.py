@@ -14,6 +14,8 @@ from gemmapipe.core.errors import BatchFailed, ExitStatus, GemmapipeError, Usage
 from .options import Common
 
 T = TypeVar("T")
+# Formats whose documents do not concatenate: two SRT files back to back are not one valid SRT file.
+_ONE_DOCUMENT = frozenset({"json", "srt", "vtt"})
 
 # Tests replace this with a fake engine factory (see tests/fake_engine.py), as llm does with its mock model.
 ENGINE_FACTORY: Callable[..., Any] | None = None
@@ -256,13 +258,45 @@ class Runner:
                               None if not fail_fast else "stopped at the first failure (--fail-fast)")
         return ExitStatus.OK
 
+    def choose_format(self, fmt: str | None, formats: list[str], *, several: bool, output_dir: Path | None) -> str:
+        """-f, else the extension of -o when it names a format (as ffmpeg and whisper do), else txt
+        (jsonl for several inputs to one stream)."""
+        from gemmapipe.core.sink import is_stdout
+
+        output = self.common.output
+        if fmt is None and output_dir is None and not is_stdout(output):
+            ext = Path(output).suffix.lstrip(".").lower()
+            fmt = ext if ext in formats else None
+        if fmt is None:
+            return "jsonl" if several and output_dir is None else "txt"
+        if several and output_dir is None and fmt in _ONE_DOCUMENT:
+            raise UsageError("--format", f"a {fmt} document holds one input, and several would go to one stream",
+                             "write one file per input with --output-dir DIR, or use -f jsonl")
+        return fmt
+
+    def plan_outputs(self, inputs: list[str], *, output_dir: Path | None = None, ext: str | None = None) -> None:
+        """Before anything runs: refuse an output that is one of the inputs, or two inputs that would
+        write one file (exit 2, naming them)."""
+        from gemmapipe.core.sink import check_outputs, is_stdout
+
+        if output_dir is not None:
+            if not is_stdout(self.common.output):
+                raise UsageError("--output", "cannot be used with --output-dir",
+                                 "--output-dir writes one file per input; drop -o")
+            targets = [(output_path_for(output_dir, spec, ext or "txt"), spec) for spec in inputs]
+            check_outputs(targets, inputs, parameter="--output-dir")
+        else:
+            check_outputs([(self.common.output, "")], inputs, parameter="--output")
+
     def write_batch(self, inputs: list[str], work: Callable[[str, Any], None], *, make_writer: Callable[..., Any],
                     ext: str, output_dir: Path | None, fail_fast: bool = False, skip_existing: bool = False,
                     errors_as_records: bool = False) -> int:
         """Route each input's result: one stream (stdout or -o) through one writer, or with
-        --output-dir one atomically written <stem>.<ext> file per input. `work(spec, writer)`."""
+        --output-dir one atomically written <stem>.<ext> file per input. `work(spec, writer)`.
+        A stream keeps the good results of a batch where some inputs fail (exit 5), as stdout would."""
         from gemmapipe.core.sink import open_sink
 
+        self.plan_outputs(inputs, output_dir=output_dir, ext=ext)
         if output_dir is not None:
             ensure_output_dir(output_dir)
 
@@ -277,14 +311,24 @@ class Runner:
                     writer.close()
 
             return self.each_input(inputs, to_file, fail_fast=fail_fast, jobs=self.jobs)
+        pending: BaseException | None = None
         with open_sink(self.common.output) as out:
             writer = make_writer(out, with_file=len(inputs) > 1)
             on_error = (lambda spec, exc: writer.error(spec, exc.reason)) if errors_as_records else None
             try:
-                return self.each_input(inputs, lambda spec: work(spec, writer), fail_fast=fail_fast,
-                                       on_error=on_error, jobs=self.jobs)
+                status = self.each_input(inputs, lambda spec: work(spec, writer), fail_fast=fail_fast,
+                                         on_error=on_error, jobs=self.jobs)
+            except BatchFailed as exc:
+                pending = exc  # the good records are kept: commit the stream, then report
+            except (GemmapipeError, KeyboardInterrupt) as exc:
+                if not self.succeeded or len(inputs) == 1:
+                    raise
+                pending = exc  # a batch stopped midway keeps what finished, whole records only
             finally:
                 writer.close()
+        if pending is not None:
+            raise pending
+        return status
 
     @contextlib.contextmanager
     def ordered_output(self, writer: T) -> Iterator[T]:

@@ -39,6 +39,7 @@ def dry_run_plans(inputs: list[str], runner: Runner, **plan_kw: Any) -> int:
             plan["memory"] = memory
         out.write(json.dumps(plan, ensure_ascii=False) + "\n")
 
+    runner.plan_outputs(inputs)
     with open_sink(runner.common.output) as out:
         return runner.each_input(inputs, lambda spec: one(spec, out))
 
@@ -62,16 +63,16 @@ def plan_memory(runner: Runner, media_tokens: int) -> dict[str, Any] | None:
     return est
 
 
-def run_segments(inputs: list[str], *, runner: Runner, fmt: str | None, output_dir: Path | None,
+def run_segments(inputs: list[str], *, runner: Runner, fmt: str | None, formats: list[str], output_dir: Path | None,
                  fail_fast: bool, task: Callable[..., Any], meta: dict[str, Any], skip_existing: bool = False,
                  errors_as_records: bool = False) -> int:
     """Shared by transcribe and diarize: one writer per stream (or per file with --output-dir)."""
     from gemmapipe.core.media.source import open_input
     from gemmapipe.core.writers import get_writer
 
+    fmt = runner.choose_format(fmt, formats, several=len(inputs) > 1, output_dir=output_dir)
+    runner.plan_outputs(inputs, output_dir=output_dir, ext=fmt)  # before the model: nothing runs onto an input
     runner.model_pair()  # a missing or wrong model fails before any decoding (exit 4)
-    several = len(inputs) > 1
-    fmt = fmt or ("jsonl" if several and output_dir is None else "txt")
 
     def process(spec: str, writer: Any) -> None:
         # under -j, what an input writes is held until earlier inputs are written
@@ -151,5 +152,5 @@ def command(
         return transcribe(src, engine_for, options, templated=templated, **kw)
 
     meta = {"task": "transcribe", "language": language}
-    return run_segments(inputs, runner=runner, fmt=fmt, output_dir=output_dir, fail_fast=fail_fast,
+    return run_segments(inputs, runner=runner, fmt=fmt, formats=FORMATS, output_dir=output_dir, fail_fast=fail_fast,
                         task=task, meta=meta, skip_existing=skip_existing, errors_as_records=errors_as_records)

@@ -28,8 +28,9 @@ def command(
     no_dedupe: Annotated[bool, typer.Option("--no-dedupe", help="Keep repeated frames and silent seconds.")]
     = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not reuse or save the prefilled state.")] = False,
-    fmt: Annotated[str, typer.Option("-f", "--format", rich_help_panel=OUTPUT_PANEL,
-                                     help="Output format: txt, md, json.")] = "txt",
+    fmt: Annotated[str | None, typer.Option("-f", "--format", rich_help_panel=OUTPUT_PANEL, show_default=False,
+                                            help="Output format: txt, md, json (default: txt, or what -o's "
+                                                 "extension names).")] = None,
     dry_run: Annotated[bool, DRY_RUN] = False,
     *,
     common: Common,
@@ -37,7 +38,7 @@ def command(
     from gemmapipe.core.errors import UsageError
     from gemmapipe.core.timefmt import parse_time_ms
 
-    if fmt not in FORMATS:
+    if fmt is not None and fmt not in FORMATS:
         raise UsageError("--format", f"unknown format {fmt!r}", f"choose one of {', '.join(FORMATS)}")
     start_ms, end_ms = parse_time_ms(start, what="--start"), parse_time_ms(end, what="--end")
     needs = {"vision"} if no_audio else {"vision", "audio"}
@@ -54,6 +55,8 @@ def command(
     from gemmapipe.core.tasks.video import DEFAULT_PROMPT, VideoOptions, video
     from gemmapipe.core.writers import get_description_writer
 
+    fmt = runner.choose_format(fmt, FORMATS, several=False, output_dir=None)
+    runner.plan_outputs([input])  # before the model: nothing runs onto an input
     runner.model_pair()  # a missing or wrong model fails before any decoding (exit 4)
     options = VideoOptions(prompt=prompt or DEFAULT_PROMPT, fps=fps, frame_tokens=frame_tokens, start_ms=start_ms,
                            end_ms=end_ms, max_frames=max_frames, audio=not no_audio, dedupe=not no_dedupe,
