@@ -82,7 +82,7 @@ def open_sink(target: str | Path | None) -> Iterator[TextIO]:
         raise _write_error(path, exc) from None
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise GemmapipeError(f"output {path}", "is a directory")
-    if st is not None and not stat.S_ISREG(st.st_mode) or str(path).startswith(("/dev/fd/", "/proc/")):
+    if (st is not None and not stat.S_ISREG(st.st_mode)) or str(path).startswith(("/dev/fd/", "/proc/")):
         with _direct(path) as fh:
             yield fh
         return
