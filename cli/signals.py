@@ -1,16 +1,30 @@
-"""Ctrl-C and SIGTERM unwind the same way: temp files removed, the model freed, exit 130.
+"""Ctrl-C and SIGTERM: the first stops the work within moments (temp files removed, finished
+results kept, exit 130); a second one ends the process at once.
 
-The first signal raises KeyboardInterrupt; later ones are ignored so they cannot interrupt the
-cleanup that the first one started.
+The first signal raises KeyboardInterrupt, except inside a native callback of llama.cpp, where an
+exception would be swallowed: there it only sets the stop flag that the engine's abort callback
+and loops read (see gemmapipe.core.interrupt).
 """
 
+import os
 import signal
 from types import FrameType
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from gemmapipe.core import interrupt
+
+    if interrupt.requested():  # the second signal: the user means it
+        from gemmapipe.core.sink import remove_temp_files
+
+        remove_temp_files()
+        try:
+            os.write(2, b"\ngemmapipe: interrupted\n")
+        finally:
+            os._exit(130)
+    interrupt.request()
+    if interrupt.in_callback(frame):
+        return  # the engine stops at its next check, in ordinary code
     raise KeyboardInterrupt
 
 

@@ -32,6 +32,15 @@ _NAME_MAX = 255
 _STDOUT_NAMES = {"-", "/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"}
 
 
+def track_temp(path: str) -> None:
+    """Have `path` removed however the process ends (a spool, a partial download)."""
+    _ACTIVE.add(path)
+
+
+def untrack_temp(path: str) -> None:
+    _ACTIVE.discard(path)
+
+
 def remove_temp_files() -> None:
     for path in list(_ACTIVE):
         _unlink_quietly(path)

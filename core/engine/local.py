@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .. import interrupt
 from ..cpus import usable_cpus
 from ..errors import ContextOverflow, GemmapipeError, ModelError
 from ..model import AUDIO, VISION, ModelPair
@@ -78,7 +79,12 @@ class LocalEngine:
             # Repacked CPU weights use AMX where the CPU reports it; some hypervisors do not grant
             # AMX state and the process dies with SIGILL. This keeps the plain layout.
             mparams.use_extra_bufts = False
+        # Loading returns early once a stop is requested (the callback says "abort"), then we raise.
+        self._keep_alive = [llama_cpp.llama_progress_callback(_load_progress)]
+        mparams.progress_callback = self._keep_alive[0]
+        interrupt.stage("load")
         self._model = llama_cpp.llama_model_load_from_file(str(config.model).encode(), mparams)
+        interrupt.check()
         if not self._model:
             raise ModelError(f"model {config.model}",
                              "llama.cpp could not load it (unsupported architecture or corrupt)",
@@ -118,6 +124,11 @@ class LocalEngine:
             raise GemmapipeError("context", f"llama.cpp could not create a {self.n_ctx}-token context",
                                  "lower --ctx-size or use a smaller --cache-type")
         self._mem = L.llama_get_memory(self._ctx)
+        # Checked by llama.cpp between graph nodes while a prompt is evaluated, so a long prefill stops
+        # within one node of a signal. Not while decoding: a Python call per node cost ~15% of the
+        # decode speed, and a one-token decode is short enough to check after it returns.
+        self._abort = L.ggml_abort_callback(_abort_requested)
+        self._no_abort = L.ggml_abort_callback(0)
         self.n_swa = L.llama_model_n_swa(self._model)
 
         if pair.mmproj is not None:
@@ -381,6 +392,7 @@ class LocalEngine:
             last = start + len(part) >= len(tokens)
             batch.logits[len(part) - 1] = bool(logits_last and last)
             rc = L.llama_decode(self._ctx, batch)
+            interrupt.check()  # an aborted decode (rc 2) after a signal is an interrupt, not a failure
             if rc != 0:
                 raise GemmapipeError("decode", f"llama_decode failed (code {rc})",
                                      "the context may be full: raise --ctx-size")
@@ -424,6 +436,7 @@ class LocalEngine:
                 chunk = M.mtmd_input_chunks_get(prep.chunks, i)
                 rc = M.mtmd_helper_eval_chunk_single(self._mtmd, self._ctx, chunk, n_past, 0, self.n_batch, last,
                                                      ctypes.byref(new_n_past))
+                interrupt.check()
                 if rc != 0:
                     raise GemmapipeError("media", f"evaluating a {prep.kinds[i]} chunk failed (code {rc})")
                 n_past = new_n_past.value
@@ -458,6 +471,7 @@ class LocalEngine:
             if non_causal:
                 L.llama_set_causal_attn(self._ctx, False)
             rc = L.llama_decode(self._ctx, batch)
+            interrupt.check()
         finally:
             if non_causal:
                 L.llama_set_causal_attn(self._ctx, True)
@@ -537,7 +551,15 @@ class LocalEngine:
             if need > self.n_ctx:
                 raise ContextOverflow("prompt", need, self.n_ctx)
             t0 = time.perf_counter()
-            self._evaluate(prep, options.on_media_evaluated)
+            interrupt.stage("prefill")
+            self._L.llama_set_abort_callback(self._ctx, self._abort, None)
+            try:
+                self._evaluate(prep, options.on_media_evaluated)
+            except KeyboardInterrupt:
+                self.reset()  # a prefill stopped midway leaves the KV cache unknown: start clean next time
+                raise
+            finally:
+                self._L.llama_set_abort_callback(self._ctx, self._no_abort, None)
             self.stats.prefill_s = time.perf_counter() - t0
         finally:
             self._release(prep)
@@ -553,6 +575,7 @@ class LocalEngine:
         self.stats.generated = 0
         self.stats.stop_reason = "length"
         t0 = time.perf_counter()
+        interrupt.stage("decode")
         try:
             for i in range(options.max_tokens):
                 if self._n_past >= self.n_ctx:
@@ -661,6 +684,16 @@ class LocalEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@interrupt.native_callback
+def _load_progress(progress: float, user_data: Any) -> bool:
+    return not interrupt.requested()  # False aborts the load
+
+
+@interrupt.native_callback
+def _abort_requested(user_data: Any) -> bool:
+    return interrupt.requested()
 
 
 def _media_boundary(prep: _Prepared, keep: int) -> int:

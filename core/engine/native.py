@@ -7,6 +7,7 @@ import importlib.util
 import sys
 from typing import Any
 
+from .. import interrupt
 from ..errors import ModelError
 
 _state: dict[str, Any] = {"verbose": False, "callbacks": []}
@@ -61,6 +62,7 @@ def quiet_native_logs(verbose: bool | None = None) -> None:
     llama, mtmd = bindings()
 
     @llama.llama_log_callback
+    @interrupt.native_callback  # a signal landing here must not be swallowed by ctypes
     def _log(level: int, text: bytes | None, user_data: Any) -> None:
         if _state["verbose"] and text:
             sys.stderr.write(text.decode("utf-8", "replace"))

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
+from .. import interrupt
 from ..errors import BadInput, GemmapipeError
 
 if TYPE_CHECKING:
@@ -160,6 +161,7 @@ class _Feed:
         self.size = 0  # bytes taken from the pipe so far
         self.main_taken = False
         if keep:
+            interrupt.stage("spool")
             fd, self.spool_path = tempfile.mkstemp(prefix="gemmapipe-stdin-", suffix=".spool")
             self._fd = fd
         self._append(head)
@@ -526,6 +528,7 @@ def _bad_path(spec: str) -> BadInput | None:
 
 
 def _spool_all(head: bytes, pipe: Any, src: Source) -> str:
+    interrupt.stage("spool")
     fd, path = tempfile.mkstemp(prefix="gemmapipe-stdin-", suffix=".spool")
     src._temp.append(path)
     with os.fdopen(fd, "wb") as out:
@@ -611,6 +614,7 @@ def open_input(spec: str, *, stdin: BinaryIO | None = None, single_pass: bool = 
     decompression bombs, extreme aspect ratios).  `stdin` replaces sys.stdin.buffer (tests).
     `single_pass`: see the module docstring.
     """
+    interrupt.stage("media")
     src: Source | None = None
     try:
         if spec == "-":
