@@ -137,9 +137,9 @@ class _NativeClock:
 def ours(model_path: str, prompt: str, n_gen: int, threads: int) -> dict[str, Any]:
     """`gemmapipe chat` in this process; the engine it built is kept to read its stats, and the time
     spent in native calls during its prefill and its decode loop is measured within the same run."""
-    from gemmapipe.cli import runner
     from gemmapipe.cli.app import run
     from gemmapipe.core.engine.local import LocalEngine
+    from gemmapipe.core.session import register_engine_factory
 
     made: list[LocalEngine] = []
     clock = _NativeClock()
@@ -165,14 +165,13 @@ def ours(model_path: str, prompt: str, n_gen: int, threads: int) -> dict[str, An
         made.append(eng)
         return eng
 
-    old = runner.ENGINE_FACTORY
-    runner.ENGINE_FACTORY = factory
+    old = register_engine_factory(factory)
     out = io.StringIO()
     try:
         with clock, contextlib.redirect_stdout(out):
             rc = run(["chat", "-m", model_path, "-t", str(threads), "--max-tokens", str(n_gen), prompt])
     finally:
-        runner.ENGINE_FACTORY = old
+        register_engine_factory(old)
     if rc != 0:
         raise RuntimeError(f"gemmapipe chat exited {rc}")
     eng = made[-1]

@@ -14,6 +14,7 @@ from gemmapipe import __version__
 from gemmapipe.core.errors import EXIT_STATUS_HELP, ExitStatus, GemmapipeError
 
 from . import chat, describe, diarize, models, transcribe, video
+from .errors import error_line, quiet_broken_pipe, report
 
 EPILOG = "Exit status: " + "; ".join(f"{int(code)} {text}" for code, text in EXIT_STATUS_HELP.items()) + "."
 
@@ -55,22 +56,6 @@ def _want_traceback(argv: list[str]) -> bool:
     return "--traceback" in argv or os.environ.get("GEMMAPIPE_TRACEBACK", "") not in ("", "0")
 
 
-def error_line(subject: str, reason: str, hint: str | None = None) -> None:
-    sys.stderr.write(f"gemmapipe: error: {subject}: {reason}\n")
-    if hint:
-        sys.stderr.write(f"gemmapipe: hint: {hint}\n")
-    sys.stderr.flush()
-
-
-def quiet_broken_pipe() -> None:
-    # Point stdout at /dev/null so the interpreter's final flush cannot raise again.
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
-
-
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return the exit status instead of exiting (for tests and embedding)."""
     from typer.exceptions import Abort, Exit, TyperException
@@ -106,7 +91,7 @@ def run(argv: list[str] | None = None) -> int:
     except GemmapipeError as exc:
         if traceback:
             raise
-        error_line(exc.subject, exc.reason, exc.hint)
+        report(exc)
         return exc.exit_status
     except Exception as exc:
         if traceback:

@@ -126,7 +126,7 @@ def with_common(func: F) -> F:
             return func(common=common, **kwargs)
         except BrokenPipeError:
             # `gemmapipe ... | head -1`: the reader left; stop quietly, as a filter killed by SIGPIPE.
-            from .app import quiet_broken_pipe
+            from .errors import quiet_broken_pipe
 
             quiet_broken_pipe()
             raise typer.Exit(141) from None

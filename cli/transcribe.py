@@ -95,17 +95,7 @@ def run_segments(inputs: list[str], *, runner: Runner, fmt: str | None, formats:
 
 def runner_meta(runner: Runner) -> dict[str, Any]:
     """Model file, sha256 prefix and parameters for json output (only once a model was loaded)."""
-    engine = runner._engine
-    if engine is None:
-        return {}
-    from gemmapipe.core.model import file_sha256
-
-    desc = dict(engine.describe())
-    if desc.get("server") is None:  # a server's model is not a file here
-        desc["model_sha256"] = file_sha256(Path(desc["model"]))[:16]
-    c = runner.common
-    desc["parameters"] = {"temperature": c.temperature, "seed": c.seed, "max_tokens": c.max_tokens}
-    return {"model": desc}
+    return runner.meta()
 
 
 @with_common
@@ -146,10 +136,8 @@ def command(
     options = TranscribeOptions(language=language, prompt=prompt, start_ms=start_ms, end_ms=end_ms,
                                 generate=runner.generate_options(320), jobs=runner.jobs)
     engine_for = lambda: runner.engine(n_ctx=n_ctx_for(options))  # noqa: E731
-    templated = lambda engine: bool(getattr(engine, "template", None))  # noqa: E731
-
     def task(src: Any, **kw: Any) -> Any:
-        return transcribe(src, engine_for, options, templated=templated, **kw)
+        return transcribe(src, engine_for, options, **kw)
 
     meta = {"task": "transcribe", "language": language}
     return run_segments(inputs, runner=runner, fmt=fmt, formats=FORMATS, output_dir=output_dir, fail_fast=fail_fast,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from enum import IntEnum
 
 
@@ -26,16 +28,54 @@ EXIT_STATUS_HELP: dict[ExitStatus, str] = {
 }
 
 
+_PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*)\}")
+
+
+def render(text: str, names: Mapping[str, str] | None = None) -> str:
+    """Fill the `{parameter}` placeholders of a message: with `names[parameter]` (the command line
+    passes its flag names), else with the parameter name itself. Unknown names stay as written."""
+    def fill(m: re.Match[str]) -> str:
+        key = m.group(1)
+        if names is None:
+            return key
+        return names.get(key, m.group(0))
+
+    return _PLACEHOLDER.sub(fill, text)
+
+
+def printable(text: str) -> str:
+    """`text` safe on one line of a terminal: control characters and undecodable bytes escaped."""
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte kept by surrogateescape
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif ch.isprintable() or ch == " ":
+            out.append(ch)
+        else:
+            out.append(repr(ch)[1:-1])
+    return "".join(out)
+
+
 class GemmapipeError(Exception):
-    """An error meant for people: `subject` is what failed, `reason` why, `hint` what to do."""
+    """An error meant for people: `subject` is what failed, `reason` why, `hint` what to do.
+
+    Core never names a command-line flag. When a parameter is at fault, `parameter` holds its name
+    (as `SessionConfig` and the task options spell it: "ctx_size", "output_dir") and the subject
+    defaults to it; reasons and hints refer to parameters as `{ctx_size}`. The command line renders
+    both with its flag names (one table, gemmapipe.cli.errors); `str(exc)` uses the parameter names.
+    """
 
     exit_status: ExitStatus = ExitStatus.ERROR
 
-    def __init__(self, subject: str, reason: str, hint: str | None = None) -> None:
-        super().__init__(f"{subject}: {reason}")
+    def __init__(self, subject: str | None, reason: str, hint: str | None = None, *,
+                 parameter: str | None = None) -> None:
+        subject = subject if subject is not None else (parameter or "")
         self.subject = subject
         self.reason = reason
         self.hint = hint
+        self.parameter = parameter
+        super().__init__(f"{render(subject)}: {render(reason)}")
 
 
 class UsageError(GemmapipeError):
@@ -59,7 +99,7 @@ class ContextOverflow(GemmapipeError):
         super().__init__(
             subject,
             f"needs {needed} tokens but the context holds {n_ctx}",
-            hint or f"raise --ctx-size to at least {needed}, or shorten the input",
+            hint or f"raise {{ctx_size}} to at least {needed}, or shorten the input",
         )
         self.needed = needed
         self.n_ctx = n_ctx

@@ -102,30 +102,7 @@ def resolve(model: str | Path | None, mmproj: str | Path | None, *, needs: set[s
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a (possibly 7 GB) file, cached by path, size and mtime so it is paid once."""
-    import hashlib
-    import json
+    """sha256 of a model file, cached by path, size and mtime (see core.hashing)."""
+    from .hashing import file_sha256 as cached
 
-    from .config import xdg_dir
-
-    st = path.stat()
-    key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-    cache = xdg_dir("cache") / "sha256.json"
-    try:
-        known = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if key in known:
-        return str(known[key])
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    digest = h.hexdigest()
-    known[key] = digest
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(known))
-    except OSError:
-        pass  # a read-only cache only costs time
-    return digest
+    return cached(path)

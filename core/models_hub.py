@@ -14,7 +14,6 @@ touches the network.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -132,11 +131,9 @@ def local_models() -> list[FileStatus]:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+    from .hashing import sha256_file
+
+    return sha256_file(path)
 
 
 def _hub() -> Any:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from .errors import GemmapipeError, UsageError
+from .errors import GemmapipeError, UsageError, printable
 
 # Temporary files being written. A signal can land anywhere, even between mkstemp and the `try`
 # that would remove its file; whatever is left here when the process ends is removed then.
@@ -187,25 +187,15 @@ def check_outputs(outputs: Iterable[tuple[str | Path, str]], inputs: Iterable[st
         tid = _identity(target)
         for spec, iid in in_ids:
             if _same(tid, iid):
-                raise UsageError(parameter, f"{_q(target)} is the input {_q(spec)}: it would be overwritten",
-                                 "write the output elsewhere")
+                raise UsageError(None, f"{_q(target)} is the input {_q(spec)}: it would be overwritten",
+                                 "write the output elsewhere", parameter=parameter)
         for other, other_owner, other_target in seen:
             if _same(tid, other):
-                raise UsageError(parameter, f"inputs {_q(other_owner)} and {_q(owner)} would both write "
+                raise UsageError(None, f"inputs {_q(other_owner)} and {_q(owner)} would both write "
                                             f"{_q(other_target)}",
-                                 "give them distinct names, or run them separately")
+                                 "give them distinct names, or run them separately", parameter=parameter)
         seen.append((tid, owner, target))
 
 
 def _q(name: str | Path) -> str:
-    """A name as a message shows it: control characters and undecodable bytes escaped."""
-    out = []
-    for ch in str(name):
-        code = ord(ch)
-        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte kept by surrogateescape
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif ch.isprintable():
-            out.append(ch)
-        else:
-            out.append(repr(ch)[1:-1] if code < 0x10000 else ch)
-    return "".join(out)
+    return printable(str(name))

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gemmapipe.core.engine.base import EngineStats, GenerateOptions, TokenCount
+from gemmapipe.core.engine.base import EngineInfo, EngineStats, GenerateOptions, TokenCount
 from gemmapipe.core.engine.parts import Audio, Image, Message, Text
 
 
@@ -48,18 +48,22 @@ class FakeEngine:
                     n += (p.samples.size + 639) // 640
         return TokenCount(n)
 
-    def describe(self) -> dict[str, Any]:
-        return {"model": str(self.config.model) if self.config else "fake.gguf", "mmproj": None, "n_ctx": self.n_ctx}
+    @property
+    def templated(self) -> bool:
+        return bool(self.template)
+
+    def describe(self) -> EngineInfo:
+        return EngineInfo(model=str(self.config.model) if self.config else "fake.gguf", mmproj=None, n_ctx=self.n_ctx)
 
     def close(self) -> None:
         self.closed = True
 
 
 @pytest.fixture
-def fake_engine(monkeypatch: pytest.MonkeyPatch) -> list[FakeEngine]:
-    """Patch the CLI to build FakeEngines; the list collects every engine created (set replies on
-    `fake_engine_replies` before running, via the returned list's `.replies` attribute)."""
-    from gemmapipe.cli import runner
+def fake_engine() -> Iterator[list[FakeEngine]]:
+    """Register a FakeEngine factory through the session's public hook; the list collects every engine
+    created (set replies before running, via the returned list's `.replies` attribute)."""
+    from gemmapipe.core.session import register_engine_factory
 
     class Created(list):  # type: ignore[type-arg]
         replies: list[str]
@@ -72,5 +76,8 @@ def fake_engine(monkeypatch: pytest.MonkeyPatch) -> list[FakeEngine]:
         created.append(eng)
         return eng
 
-    monkeypatch.setattr(runner, "ENGINE_FACTORY", factory)
-    return created
+    previous = register_engine_factory(factory)
+    try:
+        yield created
+    finally:
+        register_engine_factory(previous)

@@ -248,7 +248,7 @@ def test_list_and_path(fake_hub: FakeHub, capsys: pytest.CaptureFixture[str], tm
 
 
 def test_commands_use_the_pulled_default(fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gemmapipe.cli import runner
+    from gemmapipe.core import session
 
     from fake_engine import FakeEngine
 
@@ -259,7 +259,7 @@ def test_commands_use_the_pulled_default(fake_hub: FakeHub, monkeypatch: pytest.
         seen.append(config)
         return FakeEngine(config=config)
 
-    monkeypatch.setattr(runner, "ENGINE_FACTORY", factory)
+    monkeypatch.setattr(session, "_ENGINE_FACTORY", factory)
     assert run(["chat", "hello"]) == 0
     assert seen[0].model == hub.repo_dir() / hub.DEFAULT_MODEL_FILE
     assert seen[0].mmproj == hub.repo_dir() / hub.DEFAULT_MMPROJ_FILE

@@ -575,7 +575,7 @@ def test_jobs_bound_requests_in_flight(server: tuple[str, Recorder], tmp_path: P
 
 def test_jobs_without_server_is_ignored_with_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from gemmapipe.cli import runner
+    from gemmapipe.core import session
 
     from fake_engine import FakeEngine
     from gguf_factory import write_mmproj, write_text_model
@@ -584,7 +584,7 @@ def test_jobs_without_server_is_ignored_with_a_warning(tmp_path: Path, capsys: p
     d.mkdir()
     write_text_model(d / "m.gguf", n_embd=64)
     write_mmproj(d / "mmproj-m.gguf", width=64)
-    monkeypatch.setattr(runner, "ENGINE_FACTORY", lambda config, pair, **kw: FakeEngine(config=config))
+    monkeypatch.setattr(session, "_ENGINE_FACTORY", lambda config, pair, **kw: FakeEngine(config=config))
     imgs = [str(write_image(tmp_path / f"{i}.png")) for i in range(2)]
     assert run(["describe", "-m", str(d / "m.gguf"), "-j", "4", *imgs]) == 0
     assert "-j/--jobs needs --server" in capsys.readouterr().err

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from .parts import Message
 
@@ -73,9 +73,37 @@ class TokenCount:
     per_chunk: list[tuple[str, int]] = field(default_factory=list)  # (kind, tokens) in prompt order
 
 
-class Engine(Protocol):
-    stats: EngineStats
+@dataclass(frozen=True)
+class EngineInfo:
+    """What an engine runs, for result metadata and cache keys: the same fields for every engine."""
+
+    model: str  # the model file (local) or the model name the server was asked for
+    mmproj: str | None
     n_ctx: int
+    server: str | None = None  # the server's base URL; None for a local engine
+    architecture: str | None = None
+    n_batch: int | None = None
+    threads: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields that apply (model, mmproj and n_ctx always; the rest when known)."""
+        keep = {"model", "mmproj", "n_ctx"}
+        return {k: v for k, v in self.__dict__.items() if k in keep or v is not None}
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What every engine does. Optional abilities are the protocols below, checked with isinstance.
+
+    `stats` describes the last request made *from the calling thread*: an engine that serves several
+    threads at once (a server client under -j) keeps one per thread, so concurrent requests never
+    read each other's counters.
+    """
+
+    n_ctx: int
+
+    @property
+    def stats(self) -> EngineStats: ...
 
     def generate(self, messages: list[Message], options: GenerateOptions) -> Iterator[str]:
         """Yield the visible answer text as it is generated (thinking stripped)."""
@@ -83,8 +111,41 @@ class Engine(Protocol):
 
     def count_tokens(self, messages: list[Message], options: GenerateOptions) -> TokenCount: ...
 
-    def describe(self) -> dict[str, Any]:
-        """Model facts for result metadata (file names, sha256 prefix, parameters)."""
+    def describe(self) -> EngineInfo:
+        """Model facts for result metadata and cache keys."""
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class AppliesTemplate(Protocol):
+    """An engine that renders prompts with a chat template of its own (the GGUF's, or the server's).
+
+    `templated` is False when the model has no template (plain completion): tasks then write the
+    turn markers themselves."""
+
+    @property
+    def templated(self) -> bool: ...
+
+
+@runtime_checkable
+class KeepsState(Protocol):
+    """An engine whose KV cache outlives a request: it can be cleared, saved and restored."""
+
+    def reset(self) -> None:
+        """Forget everything in the KV cache."""
+        ...
+
+    def save_state(self) -> bytes:
+        """The KV cache and what it holds, as bytes `load_state` takes back."""
+        ...
+
+    def load_state(self, blob: bytes) -> bool:
+        """Restore a saved state; False (and a clean engine) when it does not fit this engine."""
+        ...
+
+
+def is_templated(engine: Engine) -> bool:
+    """Whether `engine` applies a chat template of its own (else tasks write plain prompts)."""
+    return isinstance(engine, AppliesTemplate) and engine.templated

@@ -24,7 +24,7 @@ from .. import interrupt
 from ..cpus import usable_cpus
 from ..errors import ContextOverflow, GemmapipeError, ModelError
 from ..model import AUDIO, VISION, ModelPair
-from .base import EngineConfig, EngineStats, GenerateOptions, TokenCount
+from .base import EngineConfig, EngineInfo, EngineStats, GenerateOptions, TokenCount
 from .native import bindings, quiet_native_logs
 from .parts import Audio, Image, Message, Text
 from .template import render_prompt
@@ -654,15 +654,15 @@ class LocalEngine:
         self._cached, self._n_past = state["cached"], int(state["n_past"])
         return True
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "model": str(self.config.model),
-            "mmproj": str(self.pair.mmproj.path) if self.pair.mmproj else None,
-            "architecture": self.pair.model.architecture,
-            "n_ctx": self.n_ctx,
-            "n_batch": self.n_batch,
-            "threads": self.threads,
-        }
+    @property
+    def templated(self) -> bool:
+        return bool(self.template)
+
+    def describe(self) -> EngineInfo:
+        return EngineInfo(model=str(self.config.model),
+                          mmproj=str(self.pair.mmproj.path) if self.pair.mmproj else None,
+                          architecture=self.pair.model.architecture, n_ctx=self.n_ctx, n_batch=self.n_batch,
+                          threads=self.threads)
 
     def close(self) -> None:
         L, M = self._L, self._M

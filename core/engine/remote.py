@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ..errors import GemmapipeError, UsageError
-from .base import EngineStats, GenerateOptions, TokenCount
+from .base import EngineInfo, EngineStats, GenerateOptions, TokenCount
 from .parts import Audio, Image, Message, Text
 
 if TYPE_CHECKING:
@@ -294,7 +294,7 @@ class _Answer:
 class RemoteEngine:
     """Talks to one OpenAI-compatible server. Thread-safe; each request opens its own connection."""
 
-    template = "server"  # the server applies the model's chat template (tasks test this for truth)
+    templated = True  # the server applies the model's chat template
 
     def __init__(self, config: RemoteConfig, *, n_ctx: int = 0) -> None:
         self.config = config
@@ -627,9 +627,8 @@ class RemoteEngine:
             self._totals[1] += generated
             stats.total_prompt_evaluated, stats.total_generated = self._totals
 
-    def describe(self) -> dict[str, Any]:
-        return {"model": self.model or "(server default)", "server": self.url, "mmproj": None,
-                "n_ctx": self.n_ctx}
+    def describe(self) -> EngineInfo:
+        return EngineInfo(model=self.model or "(server default)", server=self.url, mmproj=None, n_ctx=self.n_ctx)
 
     def close(self) -> None:
         pass  # every request closes its own connection

@@ -28,7 +28,6 @@ that is only cover art (attached picture) does not make a file a video.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import stat
 import sys
@@ -379,14 +378,10 @@ class Source:
     def sha256(self) -> str:
         """Hex SHA-256 of the input's bytes (reads a live pipe to its end, into the spool)."""
         if self._sha is None:
-            h = hashlib.sha256()
+            from ..hashing import sha256_stream
+
             with self.open_file() as f:
-                while True:
-                    b = f.read(1 << 20)
-                    if not b:
-                        break
-                    h.update(b)
-            self._sha = h.hexdigest()
+                self._sha = sha256_stream(f)
         return self._sha
 
     # -- requirements ----------------------------------------------------------------------------

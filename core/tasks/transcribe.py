@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..engine.base import Engine, GenerateOptions
+from ..engine.base import Engine, GenerateOptions, is_templated
 from ..engine.parts import Audio, Message, Text
 from ..results import Segment, Transcript
 
@@ -128,7 +128,7 @@ def cut_repetition(text: str, *, min_repeats: int = 4, max_period: int = 12) -> 
 
 def iter_segments(
     clips: Iterator[Any], engine_for: Callable[[], Engine], options: TranscribeOptions, *,
-    templated: Callable[[Engine], bool], on_progress: Callable[[int], None] | None = None,
+    templated: Callable[[Engine], bool] = is_templated, on_progress: Callable[[int], None] | None = None,
 ) -> Iterator[Segment]:
     """One segment per speech clip, in order; silence never reaches the model. With
     `options.jobs` > 1 that many clips are in flight at once (results still come in order)."""
@@ -142,7 +142,7 @@ def iter_segments(
         text = " ".join(text.split())  # the model is asked for one line; make sure of it
         text, looped = cut_repetition(text)
         flags = ["repetition"] if looped else []
-        if getattr(engine.stats, "stop_reason", "") == "length" and not looped:
+        if engine.stats.stop_reason == "length" and not looped:
             flags.append("truncated")
         if not text:
             return raw, None
@@ -158,7 +158,7 @@ def iter_segments(
 
 def transcribe(
     source: Source, engine_for: Callable[[], Engine], options: TranscribeOptions, *,
-    templated: Callable[[Engine], bool], on_segment: Callable[[Segment], None] | None = None,
+    templated: Callable[[Engine], bool] = is_templated, on_segment: Callable[[Segment], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> Transcript:
     """Stream the input's audio through the VAD and the model; memory stays flat however long it is."""

@@ -186,10 +186,9 @@ def _timeline_options(options: VideoOptions) -> dict[str, Any]:
 def cache_key(source: Source, engine: Engine, options: VideoOptions) -> str:
     desc = engine.describe()
     h = hashlib.sha256()
-    h.update(json.dumps({"model": desc.get("model"), "mmproj": desc.get("mmproj"), "n_ctx": desc.get("n_ctx"),
+    h.update(json.dumps({"model": desc.model, "mmproj": desc.mmproj, "n_ctx": desc.n_ctx,
                          **_timeline_options(options)}, sort_keys=True).encode())
-    for key in ("model", "mmproj"):
-        p = desc.get(key)
+    for p in (desc.model, desc.mmproj):
         if p:
             st = Path(p).stat()
             h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())

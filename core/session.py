@@ -1,0 +1,531 @@
+"""The application: what every command does around its task, without a terminal.
+
+A `Session` resolves the model, owns the engine's lifetime (loaded once, reused, reloaded only when
+a later input needs a bigger context), checks memory before loading, runs a batch in input order
+with per-input isolation and `jobs` at once, and routes results to sinks. It reports through a
+`Reporter` (info, warn, error, progress): the command line implements one with Rich on stderr; a
+Python caller may pass its own or none.
+
+Engines are built by the registered factory (`register_engine_factory`), as simonw/llm registers
+models: tests register a fake engine there, and everything else, the cache included, runs as usual.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from .engine.base import Engine, EngineConfig, GenerateOptions
+from .errors import BatchFailed, ExitStatus, GemmapipeError, UsageError
+
+if TYPE_CHECKING:
+    from .engine.remote import RemoteEngine
+    from .model import ModelPair
+
+T = TypeVar("T")
+# Formats whose documents do not concatenate: two SRT files back to back are not one valid SRT file.
+ONE_DOCUMENT_FORMATS = frozenset({"json", "srt", "vtt"})
+
+
+class Reporter(Protocol):
+    """Where a session's messages go (the CLI: stderr, with a Rich progress bar on a terminal)."""
+
+    def info(self, message: str) -> None: ...
+
+    def warn(self, message: str) -> None: ...
+
+    def error(self, exc: GemmapipeError) -> None: ...
+
+    def progress(self, description: str, total: float | None) -> contextlib.AbstractContextManager[
+            Callable[[float], None]]: ...
+
+
+class NullReporter:
+    """Says nothing (the default for Python callers)."""
+
+    def info(self, message: str) -> None:
+        pass
+
+    def warn(self, message: str) -> None:
+        pass
+
+    def error(self, exc: GemmapipeError) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def progress(self, description: str, total: float | None) -> Iterator[Callable[[float], None]]:
+        yield lambda done: None
+
+
+@dataclass
+class SessionConfig:
+    """What a run needs to know about the model and the engine: parameters, never flag names."""
+
+    model: Path | None = None
+    mmproj: Path | None = None
+    threads: int | None = None
+    gpu_layers: int = -1
+    ctx_size: int | None = None
+    seed: int | None = None
+    temperature: float = 0.0
+    max_tokens: int | None = None
+    no_template: bool = False
+    flash_attn: str = "auto"
+    cache_type: str = "f16"
+    output: str = "-"
+    server: str | None = None
+    api_key: str | None = None
+    server_model: str | None = None
+    timeout: float = 600.0
+    retries: int = 4
+    jobs: int = 1
+    verbose: bool = False
+
+
+EngineFactory = Callable[..., Engine]
+"""`factory(config: EngineConfig, pair: ModelPair, *, n_ctx: int, max_image_tokens: int) -> Engine`."""
+
+_ENGINE_FACTORY: EngineFactory | None = None
+
+
+def register_engine_factory(factory: EngineFactory | None) -> EngineFactory | None:
+    """Build local engines with `factory` from now on (None: llama.cpp's LocalEngine); returns the
+    previous one, so a test can put it back."""
+    global _ENGINE_FACTORY
+    previous, _ENGINE_FACTORY = _ENGINE_FACTORY, factory
+    return previous
+
+
+def _default_model() -> Path:
+    from .errors import ModelError
+
+    raise ModelError("model", "no model given")
+
+
+class Session:
+    """One run: a model, an engine, a batch. Not tied to any terminal; see the module docstring."""
+
+    def __init__(self, config: SessionConfig, *, needs: set[str], reporter: Reporter | None = None,
+                 default_model: Callable[[], Path] = _default_model) -> None:
+        self.config = config
+        self.needs = needs
+        self.reporter: Reporter = reporter or NullReporter()
+        self.default_model = default_model
+        self._engine: Engine | None = None
+        self._engine_key: tuple[int, int, int] | None = None
+        self._pair: ModelPair | None = None
+        self._warned_jobs = False
+        self.failed = 0
+        self.succeeded = 0
+        self._lock = threading.RLock()  # engine and model are shared by the -j workers
+        self._turns: _Turns | None = None  # set while a batch runs concurrently
+        self._tls = threading.local()  # .index: the input a worker thread is on
+
+    # --- reporting ------------------------------------------------------------------------------
+    def info(self, message: str) -> None:
+        self.reporter.info(message)
+
+    def warn(self, message: str) -> None:
+        self.reporter.warn(message)
+
+    @contextlib.contextmanager
+    def progress(self, description: str, total: float | None) -> Iterator[Callable[[float], None]]:
+        """An `advance_to(done)` callback; none while a concurrent batch runs (bars would interleave)."""
+        if self._turns is not None:
+            yield lambda done: None
+            return
+        with self.reporter.progress(description, total) as advance:
+            yield advance
+
+    # --- model and engine -----------------------------------------------------------------------
+    @property
+    def engine_loaded(self) -> Engine | None:
+        return self._engine
+
+    def model_pair(self) -> ModelPair | None:
+        """The checked model and projector (None with a server: it has its own model)."""
+        if self.config.server:
+            return None
+        with self._lock:
+            if self._pair is None:
+                from .model import resolve
+
+                model = self.config.model
+                if model is None or str(model) == "":
+                    model = self.default_model()
+                self._pair = resolve(model, self.config.mmproj, needs=self.needs)
+            return self._pair
+
+    @property
+    def jobs(self) -> int:
+        """Requests at once: `jobs` with a server; a local model runs one request at a time."""
+        if self.config.jobs > 1 and not self.config.server:
+            if not self._warned_jobs:
+                self._warned_jobs = True
+                self.warn("{jobs} needs {server} (a local model answers one request at a time); ignored")
+            return 1
+        return max(1, self.config.jobs)
+
+    def remote_engine(self, n_ctx: int) -> RemoteEngine:
+        from .engine.remote import RemoteConfig, RemoteEngine
+
+        c = self.config
+        if c.no_template:
+            raise UsageError(None, "cannot be used with {server}", "the server applies the chat template",
+                             parameter="no_template")
+        config = RemoteConfig(url=c.server or "", api_key=c.api_key, model=c.server_model, timeout=c.timeout,
+                              retries=c.retries, max_concurrency=self.jobs, verbose=c.verbose, log=self.warn)
+        engine = RemoteEngine(config, n_ctx=n_ctx)
+        self.info(f"server {engine.url}, model {engine.model or '(server default)'}")
+        return engine
+
+    def engine(self, *, n_ctx: int, image_tokens: tuple[int, int] | None = None, swa_full: bool = False) -> Engine:
+        """The engine, loaded once per session (reloaded only if a later input needs a bigger one)."""
+        with self._lock:
+            if self.config.server:  # one client for the whole run; the server sizes its own context
+                if self._engine is None:
+                    self._engine = self.remote_engine(self.config.ctx_size or n_ctx)
+                return self._engine
+            return self._local_engine(n_ctx=n_ctx, image_tokens=image_tokens, swa_full=swa_full)
+
+    def _local_engine(self, *, n_ctx: int, image_tokens: tuple[int, int] | None, swa_full: bool) -> Engine:
+        lo, hi = image_tokens or (0, 0)
+        ctx = self.config.ctx_size or n_ctx
+        key = (ctx, lo, hi)
+        if self._engine is not None and self._engine_key is not None:
+            old_ctx, old_lo, old_hi = self._engine_key
+            if old_ctx >= ctx and (lo, hi) in ((old_lo, old_hi), (0, 0)):
+                return self._engine
+            self._engine.close()
+            self._engine = None
+        pair = self.model_pair()
+        assert pair is not None
+        c = self.config
+        config = EngineConfig(model=Path(pair.model.path), mmproj=pair.mmproj.path if pair.mmproj else None,
+                              threads=c.threads, gpu_layers=c.gpu_layers, ctx_size=ctx,
+                              image_min_tokens=lo or None, image_max_tokens=hi or None,
+                              flash_attn=c.flash_attn, cache_type=c.cache_type, no_template=c.no_template,
+                              swa_full=swa_full, verbose=c.verbose)
+        self.info(f"loading {config.model.name} (n_ctx {ctx})")
+        self.check_memory(pair, ctx, swa_full=swa_full)
+        if _ENGINE_FACTORY is not None:
+            self._engine = _ENGINE_FACTORY(config, pair, n_ctx=ctx, max_image_tokens=hi)
+        else:
+            from .engine.local import LocalEngine
+
+            self._engine = LocalEngine(config, pair, n_ctx=ctx, max_image_tokens=hi)
+        self._engine_key = key
+        return self._engine
+
+    def check_memory(self, pair: ModelPair, n_ctx: int, *, swa_full: bool = False) -> None:
+        """On the CPU, weights and KV cache live in RAM: refuse, with numbers, before loading."""
+        from . import memory
+
+        if self.config.gpu_layers != 0 and _gpu_offload():
+            return  # device memory is not ours to read portably; llama.cpp reports failures itself
+        est = memory.estimate(pair.model, pair.mmproj, n_ctx, cache_type=self.config.cache_type, swa_full=swa_full)
+        memory.check_fits(est, memory.available_memory())
+
+    def generate_options(self, default_max_tokens: int, **overrides: Any) -> GenerateOptions:
+        c = self.config
+        opts = GenerateOptions(max_tokens=c.max_tokens or default_max_tokens, temperature=c.temperature,
+                               seed=c.seed)
+        for k, v in overrides.items():
+            setattr(opts, k, v)
+        return opts
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- outputs --------------------------------------------------------------------------------
+    def choose_format(self, fmt: str | None, formats: list[str], *, several: bool, output_dir: Path | None) -> str:
+        """`fmt`, else the extension of the output when it names a format (as ffmpeg and whisper do),
+        else txt (jsonl for several inputs to one stream)."""
+        from .sink import is_stdout
+
+        output = self.config.output
+        if fmt is None and output_dir is None and not is_stdout(output):
+            ext = Path(output).suffix.lstrip(".").lower()
+            fmt = ext if ext in formats else None
+        if fmt is None:
+            return "jsonl" if several and output_dir is None else "txt"
+        if several and output_dir is None and fmt in ONE_DOCUMENT_FORMATS:
+            raise UsageError(None, f"a {fmt} document holds one input, and several would go to one stream",
+                             "write one file per input with {output_dir} DIR, or use {format} jsonl",
+                             parameter="format")
+        return fmt
+
+    def plan_outputs(self, inputs: list[str], *, output_dir: Path | None = None, ext: str | None = None) -> None:
+        """Before anything runs: refuse an output that is one of the inputs, or two inputs that would
+        write one file (exit 2, naming them)."""
+        from .sink import check_outputs, is_stdout
+
+        if output_dir is not None:
+            if not is_stdout(self.config.output):
+                raise UsageError(None, "cannot be used with {output_dir}",
+                                 "{output_dir} writes one file per input; give one of the two", parameter="output")
+            targets = [(output_path_for(output_dir, spec, ext or "txt"), spec) for spec in inputs]
+            check_outputs(targets, inputs, parameter="output_dir")
+        else:
+            check_outputs([(self.config.output, "")], inputs, parameter="output")
+
+    # --- batches --------------------------------------------------------------------------------
+    def each_input(self, inputs: list[str], work: Callable[[str], None], *, fail_fast: bool = False,
+                   on_error: Callable[[str, GemmapipeError], None] | None = None, jobs: int = 1) -> int:
+        """Run `work` per input. One input: its error propagates (its own exit status). Several:
+        a bad input is reported and the rest go on; model problems stop the batch. `jobs` > 1 (pass
+        `self.jobs`; only for work that writes through `ordered_output`): that many inputs at once."""
+        if not inputs:
+            raise UsageError("input", "no input given", "pass a path, or - for stdin")
+        if inputs.count("-") > 1:
+            raise UsageError("input", "stdin (-) can be given only once")
+        if len(inputs) == 1:
+            work(inputs[0])
+            self.succeeded += 1
+            return ExitStatus.OK
+        if jobs > 1:
+            return self._each_concurrently(inputs, work, jobs, fail_fast=fail_fast, on_error=on_error)
+        for spec in inputs:
+            try:
+                work(spec)
+                self.succeeded += 1
+            except GemmapipeError as exc:
+                if _stops_batch(exc):
+                    raise
+                self._failed(spec, exc, on_error)
+                if fail_fast:
+                    break
+        return self._batch_status(len(inputs), fail_fast)
+
+    def _failed(self, spec: str, exc: GemmapipeError,
+                on_error: Callable[[str, GemmapipeError], None] | None) -> None:
+        self.failed += 1
+        self.reporter.error(exc)
+        if on_error is not None:
+            on_error(spec, exc)
+
+    def _batch_status(self, n: int, fail_fast: bool) -> int:
+        if self.failed:
+            raise BatchFailed("batch", f"{self.failed} of {n} inputs failed",
+                              None if not fail_fast else "stopped at the first failure ({fail_fast})")
+        return ExitStatus.OK
+
+    def _each_concurrently(self, inputs: list[str], work: Callable[[str], None], jobs: int, *, fail_fast: bool,
+                           on_error: Callable[[str, GemmapipeError], None] | None) -> int:
+        """each_input with jobs > 1: N worker threads take the inputs in order; what each writes inside
+        `ordered_output` is held back until every earlier input is written (or has failed), and errors
+        are reported here, in input order, exactly as the sequential loop does."""
+        turns = _Turns(len(inputs))
+        self._turns = turns
+
+        def worker() -> None:
+            while (i := turns.take()) is not None:
+                self._tls.index = i
+                try:
+                    work(inputs[i])
+                except BaseException as exc:  # handed to the main thread, which decides
+                    turns.outcome[i] = exc
+                finally:
+                    self._tls.index = None
+                    turns.done[i].set()
+
+        threads = [threading.Thread(target=worker, name=f"gemmapipe-input-{n}", daemon=True)
+                   for n in range(min(jobs, len(inputs)))]
+        for t in threads:
+            t.start()
+        interrupted = False
+        try:
+            for i, spec in enumerate(inputs):
+                turns.grant(i)
+                while not turns.done[i].wait(0.5):  # a timeout keeps Ctrl-C responsive
+                    pass
+                exc = turns.outcome[i]
+                if exc is None:
+                    self.succeeded += 1
+                    continue
+                if not isinstance(exc, GemmapipeError) or _stops_batch(exc):
+                    raise exc
+                self._failed(spec, exc, on_error)
+                if fail_fast:
+                    break
+        except KeyboardInterrupt:
+            interrupted = True  # leave the (daemon) workers behind: the process is ending
+            raise
+        finally:
+            turns.stop()  # unblock workers waiting for a turn; unstarted inputs are skipped
+            if not interrupted:
+                for t in threads:  # inputs already started finish (their output is dropped)
+                    t.join()
+            self._turns = None
+        return self._batch_status(len(inputs), fail_fast)
+
+    def write_batch(self, inputs: list[str], work: Callable[[str, Any], None], *, make_writer: Callable[..., Any],
+                    ext: str, output_dir: Path | None, fail_fast: bool = False, skip_existing: bool = False,
+                    errors_as_records: bool = False) -> int:
+        """Route each input's result: one stream (stdout or the output file) through one writer, or
+        with `output_dir` one atomically written <stem>.<ext> file per input. `work(spec, writer)`.
+        A stream keeps the good results of a batch where some inputs fail (exit 5), as stdout would."""
+        from .sink import open_sink
+
+        self.plan_outputs(inputs, output_dir=output_dir, ext=ext)
+        if output_dir is not None:
+            ensure_output_dir(output_dir)
+
+            def to_file(spec: str) -> None:
+                target = output_path_for(output_dir, spec, ext)
+                if skip_existing and target.exists():
+                    self.info(f"{target} exists: skipped")
+                    return
+                with open_sink(target) as out:
+                    writer = make_writer(out)
+                    work(spec, writer)
+                    writer.close()
+
+            return self.each_input(inputs, to_file, fail_fast=fail_fast, jobs=self.jobs)
+        pending: BaseException | None = None
+        status: int = ExitStatus.OK
+        with open_sink(self.config.output) as out:
+            writer = make_writer(out, with_file=len(inputs) > 1)
+            on_error = (lambda spec, exc: writer.error(spec, exc.reason)) if errors_as_records else None
+            try:
+                status = self.each_input(inputs, lambda spec: work(spec, writer), fail_fast=fail_fast,
+                                         on_error=on_error, jobs=self.jobs)
+            except BatchFailed as exc:
+                pending = exc  # the good records are kept: commit the stream, then report
+            except (GemmapipeError, KeyboardInterrupt) as exc:
+                if not self.succeeded or len(inputs) == 1:
+                    raise
+                pending = exc  # a batch stopped midway keeps what finished, whole records only
+            finally:
+                writer.close()
+        if pending is not None:
+            raise pending
+        return status
+
+    @contextlib.contextmanager
+    def ordered_output(self, writer: T) -> Iterator[T]:
+        """Wrap the writes of one input. Sequential runs write through. Under jobs > 1 the calls are
+        recorded and replayed into `writer` once this input's turn comes, so the output is in input
+        order and an input that fails writes nothing."""
+        turns, index = self._turns, getattr(self._tls, "index", None)
+        if turns is None or index is None:
+            yield writer
+            return
+        recorder = _Recorder()
+        yield recorder  # type: ignore[misc]  # stands in for any writer
+        turns.wait_turn(index)
+        recorder.replay(writer)
+
+    def meta(self) -> dict[str, Any]:
+        """Model file, sha256 prefix and parameters for json output (only once a model was loaded)."""
+        engine = self._engine
+        if engine is None:
+            return {}
+        from .hashing import file_sha256
+
+        info = engine.describe()
+        desc: dict[str, Any] = dict(info.as_dict())
+        if info.server is None:  # a server's model is not a file here
+            desc["model_sha256"] = file_sha256(Path(info.model))[:16]
+        c = self.config
+        desc["parameters"] = {"temperature": c.temperature, "seed": c.seed, "max_tokens": c.max_tokens}
+        return {"model": desc}
+
+
+def _stops_batch(exc: GemmapipeError) -> bool:
+    """Model and usage problems (and a server that is gone) end a batch: every later input would fail."""
+    return exc.exit_status in (ExitStatus.MODEL, ExitStatus.USAGE) or bool(getattr(exc, "batch_fatal", False))
+
+
+class _Turns:
+    """Bookkeeping of a concurrent batch: which input is next to start, whose turn it is to write."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.next = 0
+        self.turn = -1
+        self.stopped = False
+        self.cond = threading.Condition()
+        self.done = [threading.Event() for _ in range(n)]
+        self.outcome: list[BaseException | None] = [None] * n
+
+    def take(self) -> int | None:
+        with self.cond:
+            if self.stopped or self.next >= self.n:
+                return None
+            self.next += 1
+            return self.next - 1
+
+    def grant(self, i: int) -> None:
+        with self.cond:
+            self.turn = i
+            self.cond.notify_all()
+
+    def wait_turn(self, i: int) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: self.turn == i or self.stopped)
+            if self.turn != i:
+                raise _Cancelled()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify_all()
+
+
+class _Cancelled(Exception):
+    """The batch ended (an error, fail-fast, Ctrl-C) before this input's turn to write."""
+
+
+class _Recorder:
+    """Stands in for a writer: records method calls to replay them later, in order."""
+
+    def __init__(self) -> None:
+        self._calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        if name.startswith("__"):
+            raise AttributeError(name)
+
+        def record(*args: Any, **kwargs: Any) -> None:
+            self._calls.append((name, args, kwargs))
+
+        return record
+
+    def replay(self, writer: Any) -> None:
+        for name, args, kwargs in self._calls:
+            getattr(writer, name)(*args, **kwargs)
+
+
+def _gpu_offload() -> bool:
+    from .engine.native import bindings
+
+    llama, _ = bindings()
+    return bool(llama.llama_supports_gpu_offload())
+
+
+def output_path_for(output_dir: Path, spec: str, ext: str) -> Path:
+    stem = "stdin" if spec == "-" else Path(spec).stem
+    return output_dir / f"{stem}.{ext}"
+
+
+def ensure_output_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GemmapipeError(f"output directory {path}", exc.strerror or str(exc)) from None
+    if not os.access(path, os.W_OK):
+        raise GemmapipeError(f"output directory {path}", "not writable")
