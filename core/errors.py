@@ -26,6 +26,31 @@ EXIT_STATUS_HELP: dict[ExitStatus, str] = {
 }
 
 
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """`text` safe for one line on a terminal: control characters (C0, DEL, C1) written as `\\n`, `\\r`,
+    `\\t` or `\\xNN`, line separators as `\\u2028`, and bytes that were not UTF-8 (surrogate escapes
+    in file names) as `\\xNN`.  Used by every line gemmapipe writes to stderr about an input."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        o = ord(ch)
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif o < 0x20 or 0x7F <= o <= 0x9F:
+            out.append(f"\\x{o:02x}")
+        elif 0xDC80 <= o <= 0xDCFF:  # os.fsdecode's escape for an undecodable byte
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif o in (0x2028, 0x2029):  # line and paragraph separators
+            out.append(f"\\u{o:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 class GemmapipeError(Exception):
     """An error meant for people: `subject` is what failed, `reason` why, `hint` what to do."""
 
