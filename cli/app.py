@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from gemmapipe import __version__
-from gemmapipe.core.errors import EXIT_STATUS_HELP, ExitStatus, GemmapipeError
+from gemmapipe.core.errors import EXIT_STATUS_HELP, ExitStatus, GemmapipeError, printable
 
 from . import chat, describe, diarize, models, transcribe, video
 
@@ -56,9 +56,10 @@ def _want_traceback(argv: list[str]) -> bool:
 
 
 def error_line(subject: str, reason: str, hint: str | None = None) -> None:
-    sys.stderr.write(f"gemmapipe: error: {subject}: {reason}\n")
+    """The one error line (and hint); control characters, e.g. a newline in a file name, are escaped."""
+    sys.stderr.write(f"gemmapipe: error: {printable(subject)}: {printable(reason)}\n")
     if hint:
-        sys.stderr.write(f"gemmapipe: hint: {hint}\n")
+        sys.stderr.write(f"gemmapipe: hint: {printable(hint)}\n")
     sys.stderr.flush()
 
 
@@ -135,6 +136,9 @@ def main() -> None:
         from gemmapipe.core.sink import remove_temp_files
 
         remove_temp_files()
+        source = sys.modules.get("gemmapipe.core.media.source")  # stdin spools (only if it was imported)
+        if source is not None:
+            source.remove_spools()
     if code == ExitStatus.INTERRUPTED:
         # Everything is cleaned up. Leave now: an interrupt that was already handled can still make
         # the interpreter re-raise SIGINT on its way out (seen as status -2 instead of 130).

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gemmapipe.core.errors import BatchFailed, ExitStatus, GemmapipeError, UsageError
+from gemmapipe.core.errors import BatchFailed, ExitStatus, GemmapipeError, UsageError, printable
 
 from .options import Common
 
@@ -34,18 +34,19 @@ class Runner:
         self._tls = threading.local()  # .index: the input a worker thread is on
 
     # --- stderr reporting -------------------------------------------------------------------------
+    # Each message is one line: control characters (a newline in a file name...) are escaped.
     def info(self, message: str) -> None:
         if self.common.verbose:
-            sys.stderr.write(f"gemmapipe: {message}\n")
+            sys.stderr.write(f"gemmapipe: {printable(message)}\n")
 
     def warn(self, message: str) -> None:
         if not self.common.quiet:
-            sys.stderr.write(f"gemmapipe: warning: {message}\n")
+            sys.stderr.write(f"gemmapipe: warning: {printable(message)}\n")
 
     def error(self, exc: GemmapipeError) -> None:
-        sys.stderr.write(f"gemmapipe: error: {exc.subject}: {exc.reason}\n")
+        sys.stderr.write(f"gemmapipe: error: {printable(exc.subject)}: {printable(exc.reason)}\n")
         if exc.hint:
-            sys.stderr.write(f"gemmapipe: hint: {exc.hint}\n")
+            sys.stderr.write(f"gemmapipe: hint: {printable(exc.hint)}\n")
 
     def show_progress(self) -> bool:
         return not (self.common.quiet or self.common.no_progress) and sys.stderr.isatty() and self._turns is None
@@ -373,9 +374,17 @@ def read_files_from(source: str | None) -> list[str]:
     if source is None:
         return []
     try:
-        data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"--files-from {source}", exc.strerror or str(exc)) from None
+        if source == "-":
+            stdin = getattr(sys.stdin, "buffer", None) if sys.stdin is not None else None
+            if stdin is None or stdin.closed:
+                raise UsageError("--files-from -", "standard input is closed",
+                                 "pipe the list in (find . -print0 | gemmapipe ... --files-from -), or pass a file")
+            data = stdin.read()
+        else:
+            data = Path(source).read_bytes()
+    except (OSError, ValueError) as exc:  # ValueError: a closed file object
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UsageError(f"--files-from {source}", reason) from None
     sep = b"\0" if b"\0" in data else b"\n"
     names = [n.decode("utf-8", "surrogateescape") for n in data.split(sep)]
     return [n.rstrip("\r") if sep == b"\n" else n for n in names if n.strip()]
