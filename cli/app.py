@@ -120,6 +120,9 @@ def main() -> None:
         from gemmapipe.core.sink import remove_temp_files
 
         remove_temp_files()
+        source = sys.modules.get("gemmapipe.core.media.source")  # stdin spools (only if it was imported)
+        if source is not None:
+            source.remove_spools()
     if code == ExitStatus.INTERRUPTED:
         # Everything is cleaned up. Leave now: an interrupt that was already handled can still make
         # the interpreter re-raise SIGINT on its way out (seen as status -2 instead of 130).

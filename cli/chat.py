@@ -50,14 +50,15 @@ def command(
         raise UsageError("--attach", "stdin (-) can be attached only once")
     stdin_text = None if "-" in attach else read_stdin_text()
     text = "\n\n".join(t for t in (stdin_text, prompt) if t)
-    interactive = not text and sys.stdin.isatty() and sys.stdout.isatty()
+    interactive = not text and sys.stdin is not None and sys.stdin.isatty() and sys.stdout.isatty()
     if not text and not interactive and not attach:
         raise UsageError("prompt", "nothing to ask", "give a PROMPT, pipe text in, or run on a terminal")
 
     needs: set[str] = set()
     parts: list[Any] = []
+    warn = Runner(common, needs=set(), command="chat").warn  # the real runner needs to know `needs` first
     for spec in attach:
-        parts += attachment_parts(spec, image_tokens=image_tokens)
+        parts += attachment_parts(spec, image_tokens=image_tokens, warn=warn)
     from gemmapipe.core.engine.parts import Audio, Image
 
     if any(isinstance(p, Image) for p in parts):

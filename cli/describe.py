@@ -68,7 +68,7 @@ def command(
     engine_for = lambda: runner.engine(n_ctx=n_ctx_for(options), image_tokens=(1, image_tokens))  # noqa: E731
 
     def one(spec: str, writer: Any) -> None:
-        with open_input(spec) as src:
+        with open_input(spec, warn=runner.warn) as src:
             src.require("image")
             with runner.ordered_output(writer) as out:  # under -j: held until earlier inputs are written
                 out.write(describe(src, engine_for, options))

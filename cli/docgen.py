@@ -86,6 +86,9 @@ def man_page() -> str:
               "Helper processes decoding long audio files (0: none, all in the calling process).",
               ".TP", "\\fBGEMMAPIPE_AUDIO_SNDFILE\\fR",
               "Set to 0 to decode long MP3 files with FFmpeg (PyAV) instead of libsndfile in parallel pieces.",
+              ".TP", "\\fBGEMMAPIPE_SPOOL_MAX\\fR",
+              _esc("Most bytes of standard input copied to a temporary file in $TMPDIR (default 4G; bytes, or "
+                   "with a K, M, G or T suffix, binary); a larger input is refused with exit status 3."),
               ".TP", "\\fBXDG_CONFIG_HOME\\fR",
               _esc("Defaults are read from $XDG_CONFIG_HOME/gemmapipe/config.toml; precedence: "
                    "flag > environment > config file > built-in."),

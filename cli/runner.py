@@ -90,9 +90,17 @@ def read_files_from(source: str | None) -> list[str]:
     if source is None:
         return []
     try:
-        data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"--files-from {source}", exc.strerror or str(exc)) from None
+        if source == "-":
+            stdin = getattr(sys.stdin, "buffer", None) if sys.stdin is not None else None
+            if stdin is None or stdin.closed:
+                raise UsageError("--files-from -", "standard input is closed",
+                                 "pipe the list in (find . -print0 | gemmapipe ... --files-from -), or pass a file")
+            data = stdin.read()
+        else:
+            data = Path(source).read_bytes()
+    except (OSError, ValueError) as exc:  # ValueError: a closed file object
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UsageError(f"--files-from {source}", reason) from None
     sep = b"\0" if b"\0" in data else b"\n"
     names = [n.decode("utf-8", "surrogateescape") for n in data.split(sep)]
     return [n.rstrip("\r") if sep == b"\n" else n for n in names if n.strip()]

@@ -15,9 +15,11 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     from gemmapipe.core import interrupt
 
     if interrupt.requested():  # the second signal: the user means it
+        from gemmapipe.core.media.source import remove_spools
         from gemmapipe.core.sink import remove_temp_files
 
         remove_temp_files()
+        remove_spools()
         try:
             os.write(2, b"\ngemmapipe: interrupted\n")
         finally:

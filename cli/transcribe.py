@@ -76,12 +76,13 @@ def run_segments(inputs: list[str], *, runner: Runner, fmt: str | None, formats:
 
     def process(spec: str, writer: Any) -> None:
         # under -j, what an input writes is held until earlier inputs are written
-        with open_input(spec) as src, runner.ordered_output(writer) as out:
+        with open_input(spec, warn=runner.warn) as src, runner.ordered_output(writer) as out:
             info: dict[str, Any] = dict(meta)
             out.begin(src.name, info)
             with runner.progress(src.name, None) as advance:
                 result = task(src, on_segment=out.segment, on_progress=lambda s: advance(s / 16000))
             info.update(result.meta)
+            info.update(src.meta())  # warnings, NaN samples replaced
             info.update(runner_meta(runner))
             out.end(src.name, info)
 

@@ -69,7 +69,7 @@ def command(
         return runner.engine(n_ctx=ctx, image_tokens=(1, frame_tokens))
 
     try:
-        with open_input(input) as src:
+        with open_input(input, warn=runner.warn) as src:
             src.require("video")
             with runner.progress(src.name, 1.0) as advance:
                 result = video(src, engine_for, options, n_ctx, on_progress=advance)  # type: ignore[arg-type]

@@ -43,17 +43,28 @@ def render(text: str, names: Mapping[str, str] | None = None) -> str:
     return _PLACEHOLDER.sub(fill, text)
 
 
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def printable(text: str) -> str:
-    """`text` safe on one line of a terminal: control characters and undecodable bytes escaped."""
+    """`text` safe for one line on a terminal: control characters (C0, DEL, C1) written as `\\n`, `\\r`,
+    `\\t` or `\\xNN`, line separators as `\\u2028`, and bytes that were not UTF-8 (surrogate escapes
+    in file names) as `\\xNN`.  Used by every line gemmapipe writes to stderr about an input."""
+    if text.isprintable():
+        return text
     out = []
     for ch in text:
-        code = ord(ch)
-        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte kept by surrogateescape
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif ch.isprintable() or ch == " ":
-            out.append(ch)
+        o = ord(ch)
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif o < 0x20 or 0x7F <= o <= 0x9F:
+            out.append(f"\\x{o:02x}")
+        elif 0xDC80 <= o <= 0xDCFF:  # os.fsdecode's escape for an undecodable byte
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif o in (0x2028, 0x2029):  # line and paragraph separators
+            out.append(f"\\u{o:04x}")
         else:
-            out.append(repr(ch)[1:-1])
+            out.append(ch)
     return "".join(out)
 
 

@@ -55,24 +55,28 @@ def _layout(channels: int) -> str:
     return {1: "mono", 2: "stereo", 6: "5.1"}.get(channels, f"{channels}c")
 
 
-def _encode_audio(container: Any, data: np.ndarray, sr: int, codec: str, options: dict[str, str]) -> None:
+def _encode_audio(
+    container: Any, data: np.ndarray, sr: int, codec: str, options: dict[str, str], layout: str | None = None
+) -> None:
     import av
 
     channels = data.shape[0]
+    layout = layout or _layout(channels)
     stream = container.add_stream(codec, rate=sr)
-    stream.layout = _layout(channels)
+    stream.layout = layout
     if options:
         stream.codec_context.options = dict(options)
     fmt = stream.format.name
     frame_size = stream.codec_context.frame_size or 1024
-    resampler = av.AudioResampler(format=fmt, layout=_layout(channels), rate=sr, frame_size=frame_size)
+    resampler = av.AudioResampler(format=fmt, layout=layout, rate=sr, frame_size=frame_size)
     pts = 0
     for i in range(0, data.shape[1], 4096):
-        chunk = np.ascontiguousarray(data[:, i : i + 4096])
-        frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=_layout(channels))
+        # packed: PyAV's from_ndarray miscounts the planes of planar 8-channel audio
+        chunk = np.ascontiguousarray(data[:, i : i + 4096].T).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(chunk, format="flt", layout=layout)
         frame.sample_rate = sr
         frame.pts = pts
-        pts += chunk.shape[1]
+        pts += frame.samples
         for out in resampler.resample(frame):
             container.mux(stream.encode(out))
     for out in resampler.resample(None):
@@ -90,8 +94,11 @@ def write_tone(
     kind: str = "sine",
     freq: float = 440.0,
     amplitude: float = 0.5,
+    layout: str | None = None,
 ) -> Path:
-    """An audio-only file: `fmt` is a key of AUDIO_FORMATS (wav, flac, mp3, ogg, opus, m4a, mp4, mkv, webm...)."""
+    """An audio-only file: `fmt` is a key of AUDIO_FORMATS (wav, flac, mp3, ogg, opus, m4a, mp4, mkv, webm...).
+
+    `layout` names the channel layout (e.g. "7.1"); by default mono, stereo, 5.1 or "<n>c" (unnamed)."""
     import av
 
     path = Path(path)
@@ -101,7 +108,7 @@ def write_tone(
     if codec == "vorbis" and channels != 2:  # ffmpeg's own Vorbis encoder writes stereo only
         data = np.repeat(data[:1], 2, axis=0)
     with av.open(str(path), "w", format=cfmt) as container:
-        _encode_audio(container, data, sr, codec, options)
+        _encode_audio(container, data, sr, codec, options, layout)
     return path
 
 
@@ -376,3 +383,19 @@ class Pipe:
     @property
     def consumed(self) -> int:
         return self._pos
+
+
+def corrupt_audio_packets(path: str | Path, seed: int = 3) -> Path:
+    """Overwrite the bytes of every audio packet of a container (in place) with random bytes: the
+    headers and the video stay intact, so the file opens and probes, but its audio does not decode."""
+    import av
+
+    path = Path(path)
+    with av.open(str(path)) as c:
+        spans = [(p.pos, p.size) for p in c.demux(c.streams.audio[0]) if p.pos is not None and p.size]
+    data = bytearray(path.read_bytes())
+    rng = np.random.default_rng(seed)
+    for pos, size in spans:
+        data[pos : pos + size] = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    return path

@@ -24,8 +24,9 @@ cannot start, decoding falls back to this process.  Memory stays bounded: a few 
 10 MB each) in flight.
 
 Non-finite samples (NaN/inf, e.g. from a float WAV): SANITIZED, not refused -- each is replaced with 0
-(silence), every sample is clipped to [-1, 1], the block's `nonfinite` counts the replacements and one
-warning is recorded on the Source (`source.warnings`) for the result's metadata.
+(silence), every sample is clipped to [-1, 1], the block's `nonfinite` counts the replacements (so does
+`source.nonfinite_samples`, for the result's metadata) and one warning is recorded on the Source
+(`source.warn`: the CLI prints it on stderr, and it goes in the result's metadata).
 
 Truncation: an undecodable packet is skipped (a warning; more than MAX_DECODE_ERRORS of them is
 BadInput), and when decoding reaches the end of a file whose header states its length (mp3 with a
@@ -147,15 +148,27 @@ _SNDFILE_FORMATS = {"mp3"}  # raw MPEG audio (FFmpeg's "mp3" demuxer reads layer
 _INT_SCALE = {"u8": 1 / 128, "s16": 1 / 32768, "s32": 1 / 2**31, "s64": 1 / 2**63}
 
 
+_DTYPES = {"u8": "u1", "s16": "<i2", "s32": "<i4", "s64": "<i8", "flt": "<f4", "dbl": "<f8"}
+
+
 def _to_float(frame: Any) -> np.ndarray:
-    """A decoded AudioFrame as float32 (channels, samples), integer formats scaled to [-1, 1)."""
+    """A decoded AudioFrame as float32 (channels, samples), integer formats scaled to [-1, 1).
+
+    The planes are read one by one, never through `frame.to_ndarray()`: PyAV finds a frame's planes by
+    walking its data pointers to the first NULL, and with exactly 8 planar channels (7.1) there is no
+    NULL after the 8th, so it returns 9 planes (IndexError, or reads what is not a plane)."""
     import numpy as np
 
-    arr = frame.to_ndarray()
     fmt = frame.format
     base = fmt.name.rstrip("p")
-    if not fmt.is_planar:
-        arr = arr.reshape(-1, len(frame.layout.channels)).T
+    channels = frame.layout.nb_channels
+    n = frame.samples
+    dtype = np.dtype(_DTYPES[base])
+    if fmt.is_planar:
+        planes = frame.planes[:channels]
+        arr = np.stack([np.frombuffer(pl, dtype, n) for pl in planes]) if n else np.zeros((channels, 0), dtype)
+    else:
+        arr = np.frombuffer(frame.planes[0], dtype, n * channels).reshape(-1, channels).T
     if base == "flt":
         return arr
     if base == "dbl":
@@ -214,10 +227,10 @@ class _Collector:
             self.key = k
             self.rate = max(1, k[0])
             self.fltp = fname == "fltp"
-            self.chans = [[] for _ in range(len(frame.layout.channels))]
+            self.chans = [[] for _ in range(frame.layout.nb_channels)]
         n = frame.samples
-        if self.fltp:
-            for c, plane in zip(self.chans, frame.planes, strict=False):
+        if self.fltp:  # (planes beyond the channels: see _to_float)
+            for c, plane in zip(self.chans, frame.planes[: len(self.chans)], strict=False):
                 c.append(np.frombuffer(plane, np.float32, n))
         else:
             for c, row in zip(self.chans, _to_float(frame), strict=False):
@@ -777,12 +790,12 @@ class _Decoder:
                 if resampler is None:
                     pieces.append(chunk.data)
                 else:
-                    planar = chunk.data.reshape(1, -1) if chunk.data.ndim == 1 else chunk.data
-                    fmt = "flt" if chunk.data.ndim == 1 else "fltp"
-                    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(planar), format=fmt, layout=chunk.layout)
+                    # packed (interleaved): one plane, whatever the channel count (planar 7.1: see _to_float)
+                    packed = chunk.data.reshape(1, -1) if chunk.data.ndim == 1 else chunk.data.T.reshape(1, -1)
+                    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(packed), format="flt", layout=chunk.layout)
                     frame.sample_rate = chunk.rate
                     frame.pts = in_pts
-                    in_pts += planar.shape[1]
+                    in_pts += chunk.data.shape[-1]
                     pieces.extend(
                         np.frombuffer(o.planes[0], dtype=np.float32, count=o.samples) for o in resampler.resample(frame)
                     )
@@ -823,6 +836,7 @@ def _sanitize(block: np.ndarray, source: Source) -> int:
     if not finite.all():
         bad = int(block.size - np.count_nonzero(finite))
         block[~finite] = 0.0
+        source.nonfinite_samples += bad
         source.warn(f"{source.name}: non-finite audio samples (NaN/inf) were replaced with silence")
     np.clip(block, -1.0, 1.0, out=block)
     return bad

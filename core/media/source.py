@@ -19,6 +19,11 @@ from its first 64 KiB:
   (only the few MB ffmpeg reads while probing are held in memory, once) and a second pass raises
   RuntimeError.
 
+Spools are capped: a pipe that would spool more than GEMMAPIPE_SPOOL_MAX bytes (default 4 GiB; a number
+of bytes, or with a K, M, G or T suffix, binary) is refused as BadInput naming the input, so an endless
+stream cannot fill the disk.  Every spool is removed when its Source closes, when opening fails, and
+at exit (`remove_spools`, also called by the CLI before it leaves after Ctrl-C or SIGTERM).
+
 What the input is comes from its content, never its name: image magic numbers first (PNG, JPEG, GIF,
 BMP, TIFF, WebP, QOI, binary PNM, JPEG 2000, HEIF/AVIF), then text is refused, then ffmpeg probes the
 container and the first packet of the main stream is decoded to prove it is decodable.  A video stream
@@ -27,19 +32,20 @@ that is only cover art (attached picture) does not make a file a video.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import stat
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from .. import interrupt
-from ..errors import BadInput, GemmapipeError
+from ..errors import BadInput, GemmapipeError, UsageError
 
 if TYPE_CHECKING:
     from av.container import InputContainer
@@ -57,6 +63,96 @@ MAX_HEAD_BYTES = 4 * 1024 * 1024
 STDIN_NAME = "<stdin>"
 
 _CHUNK = 1 << 16
+
+SPOOL_MAX_ENV = "GEMMAPIPE_SPOOL_MAX"
+DEFAULT_SPOOL_MAX = 4 << 30
+"""The most bytes of a pipe written to a temporary file (GEMMAPIPE_SPOOL_MAX overrides)."""
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+# Spool files that exist now.  A signal can land anywhere, even between mkstemp and the code that
+# would remove its file; whatever is left here when the process ends is removed then.
+_SPOOLS: set[str] = set()
+
+
+def remove_spools() -> None:
+    """Remove every spool file still on disk (at exit; the CLI also calls it before os._exit)."""
+    for path in list(_SPOOLS):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        _SPOOLS.discard(path)
+
+
+atexit.register(remove_spools)
+
+
+def spool_limit() -> int:
+    """GEMMAPIPE_SPOOL_MAX in bytes (UsageError when it is not a size), else DEFAULT_SPOOL_MAX."""
+    raw = os.environ.get(SPOOL_MAX_ENV, "").strip()
+    if not raw:
+        return DEFAULT_SPOOL_MAX
+    text = raw.upper().removesuffix("B").removesuffix("I")
+    unit = text[-1:] if text[-1:] in _UNITS else ""
+    number = text[: len(text) - len(unit)].strip()
+    if number.isdigit() and int(number) > 0:
+        return int(number) * _UNITS[unit]
+    raise UsageError(SPOOL_MAX_ENV, f"is not a size: {raw!r}",
+                     "give a number of bytes, or one with K, M, G or T (binary: 4G is 4 GiB)")
+
+
+def format_size(n: int) -> str:
+    """4294967296 -> '4 GiB'; sizes that are not whole KiB stay in bytes."""
+    for unit, name in ((1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if n >= unit and n % unit == 0:
+            return f"{n // unit} {name}"
+    return f"{n:,} bytes"
+
+
+class _SpoolFile:
+    """A temporary file taking a pipe's bytes, registered in _SPOOLS and capped at spool_limit()."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.limit = spool_limit()
+        self.size = 0
+        interrupt.stage("spool")
+        try:
+            self.fd, self.path = tempfile.mkstemp(prefix="gemmapipe-stdin-", suffix=".spool")
+        except OSError as e:
+            raise GemmapipeError(name, f"cannot be copied to a temporary file ({e.strerror or e})",
+                                 "set TMPDIR to a writable folder, or pass a file instead of a pipe") from None
+        _SPOOLS.add(self.path)
+
+    def write(self, data: bytes) -> None:
+        if self.size + len(data) > self.limit:
+            raise BadInput(self.name, f"is larger than the {format_size(self.limit)} spool limit",
+                           f"save it to a file and pass its path, or raise {SPOOL_MAX_ENV}")
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+        except OSError as e:
+            folder = os.path.dirname(self.path)
+            raise GemmapipeError(self.name, f"cannot be copied to a temporary file in {folder} ({e.strerror or e})",
+                                 "set TMPDIR to a folder with room, or pass a file instead of a pipe") from None
+        self.size += len(data)
+
+    def pread(self, n: int, pos: int) -> bytes:
+        return os.pread(self.fd, n, pos)
+
+    def close(self) -> None:
+        """Close the file descriptor; the file stays until remove()."""
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+
+    def remove(self) -> None:
+        self.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        _SPOOLS.discard(self.path)
 
 # ---------------------------------------------------------------------------------------- sniffing
 
@@ -149,28 +245,28 @@ def _read_full(f: Any, n: int) -> bytes:
 class _Feed:
     """A pipe read once, replayable: bytes go to a spool file (or, single-pass, to memory once)."""
 
-    def __init__(self, pipe: Any, head: bytes, *, keep: bool) -> None:
+    def __init__(self, pipe: Any, head: bytes, *, keep: bool, name: str = STDIN_NAME) -> None:
         self.pipe = pipe
         self.keep = keep
         self.eof = False
         self.lock = threading.Lock()
-        self.spool_path: str | None = None
-        self._fd = -1
+        self.spool: _SpoolFile | None = _SpoolFile(name) if keep else None
         self.mem = bytearray()
         self.size = 0  # bytes taken from the pipe so far
         self.main_taken = False
-        if keep:
-            interrupt.stage("spool")
-            fd, self.spool_path = tempfile.mkstemp(prefix="gemmapipe-stdin-", suffix=".spool")
-            self._fd = fd
-        self._append(head)
+        try:
+            self._append(head)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def spool_path(self) -> str | None:
+        return self.spool.path if self.spool is not None else None
 
     def _append(self, data: bytes) -> None:
-        if self.keep:
-            view = memoryview(data)
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
+        if self.spool is not None:
+            self.spool.write(data)
         else:
             self.mem += data
         self.size += len(data)
@@ -190,8 +286,8 @@ class _Feed:
         return bytes(data)
 
     def read_at(self, pos: int, n: int) -> bytes:
-        if self.keep:
-            return os.pread(self._fd, n, pos)
+        if self.spool is not None:
+            return self.spool.pread(n, pos)
         return bytes(self.mem[pos : pos + n])
 
     def drain(self) -> None:
@@ -199,13 +295,8 @@ class _Feed:
             self.pull(_CHUNK * 16)
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        if self.spool_path:
-            with contextlib.suppress(OSError):
-                os.unlink(self.spool_path)
-            self.spool_path = None
+        if self.spool is not None:
+            self.spool.remove()
         self.mem = bytearray()
 
 
@@ -291,7 +382,9 @@ class Source:
     format:   container (ffmpeg demuxer) or image (Pillow) format name.
     spooled:  stdin was copied whole to a temporary file before decoding.
     streamed: stdin is a pipe decoded as it arrives.
-    warnings: things worth telling the user that did not stop the work (e.g. NaN samples replaced).
+    warnings: things worth telling the user that did not stop the work (e.g. NaN samples replaced),
+              each recorded once and handed to `on_warn` (the CLI prints it on stderr) as it happens.
+    nonfinite_samples: NaN/inf audio samples (at 16 kHz, after the mix to mono) replaced with silence.
     """
 
     name: str
@@ -302,10 +395,13 @@ class Source:
     spooled: bool = False
     streamed: bool = False
     warnings: list[str] = field(default_factory=list)
+    nonfinite_samples: int = 0
     info: MediaInfo | None = None
+    on_warn: Callable[[str], None] | None = field(default=None, repr=False)
     _feed: _Feed | None = field(default=None, repr=False)
     _seekable: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _warn_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _temp: list[str] = field(default_factory=list, repr=False)
     _owned: list[Any] = field(default_factory=list, repr=False)  # files to close with the source
     _sha: str | None = field(default=None, repr=False)
@@ -319,8 +415,22 @@ class Source:
         return self._av_target(peek=True)[1]
 
     def warn(self, message: str) -> None:
-        if message not in self.warnings:
+        """Record a warning (once) and pass it to `on_warn`."""
+        with self._warn_lock:
+            if message in self.warnings:
+                return
             self.warnings.append(message)
+        if self.on_warn is not None:
+            self.on_warn(message)
+
+    def meta(self) -> dict[str, Any]:
+        """What the result's metadata should say about this input's warnings (empty when none)."""
+        out: dict[str, Any] = {}
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
+        if self.nonfinite_samples:
+            out["nonfinite_samples"] = self.nonfinite_samples
+        return out
 
     def _av_target(self, peek: bool = False) -> tuple[Any, bool]:
         if self.path is not None:
@@ -426,6 +536,7 @@ class Source:
         for p in self._temp:
             with contextlib.suppress(OSError):
                 os.unlink(p)
+            _SPOOLS.discard(p)
         self._temp.clear()
 
 
@@ -523,62 +634,94 @@ def _bad_path(spec: str) -> BadInput | None:
 
 
 def _spool_all(head: bytes, pipe: Any, src: Source) -> str:
-    interrupt.stage("spool")
-    fd, path = tempfile.mkstemp(prefix="gemmapipe-stdin-", suffix=".spool")
-    src._temp.append(path)
-    with os.fdopen(fd, "wb") as out:
-        out.write(head)
+    """Copy the whole pipe to a spool file owned by `src` (removed when it closes)."""
+    spool = _SpoolFile(src.name)
+    src._temp.append(spool.path)
+    try:
+        spool.write(head)
         while True:
-            b = pipe.read(1 << 20)
+            b = _read_pipe(pipe, 1 << 20, src.name)
             if not b:
                 break
-            out.write(b)
-    return path
+            spool.write(b)
+    finally:
+        spool.close()
+    return spool.path
+
+
+def _read_pipe(pipe: Any, n: int, name: str, *, full: bool = False) -> bytes:
+    """Read from a stream; a read that fails (EBADF, EISDIR, EIO...) is BadInput naming the input."""
+    try:
+        data = _read_full(pipe, n) if full else pipe.read(n)
+    except (OSError, ValueError) as e:  # ValueError: a closed file object
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise BadInput(name, f"cannot be read ({reason})") from None
+    return bytes(data or b"")
 
 
 def _from_stream(pipe: Any, name: str, single_pass: bool) -> Source:
-    """A Source over a binary stream (stdin, or a named pipe / device path)."""
+    """A Source over a binary stream (stdin, or a named pipe / device path).  If this fails, whatever
+    it spooled is removed before the error leaves."""
     seekable = False
     with contextlib.suppress(Exception):
         seekable = bool(pipe.seekable())
-    if seekable:
-        lock = threading.Lock()
-        with lock:
-            pipe.seek(0, 2)
-            size = pipe.tell()
-            pipe.seek(0)
-            head = pipe.read(HEAD_BYTES) or b""
+    src = Source(name=name, kind="audio", path=None, format="")
+    try:
+        if seekable:
+            lock = threading.Lock()
+            try:
+                with lock:
+                    pipe.seek(0, 2)
+                    size = pipe.tell()
+                    pipe.seek(0)
+                    head = pipe.read(HEAD_BYTES) or b""
+            except (OSError, ValueError) as e:
+                reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                raise BadInput(name, f"cannot be read ({reason})") from None
+            if not head:
+                raise BadInput(name, "is empty (no bytes on standard input)")
+            src.size = size
+            src._seekable = pipe
+            src._lock = lock
+            _classify(src, head)
+            return src
+
+        head = _read_pipe(pipe, HEAD_BYTES, name, full=True)
         if not head:
             raise BadInput(name, "is empty (no bytes on standard input)")
-        src = Source(name=name, kind="audio", path=None, format="", size=size)
-        src._seekable = pipe
-        src._lock = lock
-        _classify(src, head)
-        return src
-
-    head = _read_full(pipe, HEAD_BYTES)
-    if not head:
-        raise BadInput(name, "is empty (no bytes on standard input)")
-    layout = isobmff_layout(head)
-    while layout == "unknown" and len(head) < MAX_HEAD_BYTES:
-        more = _read_full(pipe, len(head))
-        if not more:
-            break
-        head += more
         layout = isobmff_layout(head)
-    src = Source(name=name, kind="audio", path=None, format="")
-    image = sniff_image(head)
-    if image is not None or layout in ("mdat-first", "unknown"):
-        src.path = _spool_all(head, pipe, src)
-        src.spooled = True
-        src.size = os.path.getsize(src.path)
-    elif looks_like_text(head):
-        raise BadInput(name, "is text, not an audio, video or image file")
-    else:
-        src._feed = _Feed(pipe, head, keep=not single_pass)
-        src.streamed = True
-    _classify(src, head)
+        while layout == "unknown" and len(head) < MAX_HEAD_BYTES:
+            more = _read_pipe(pipe, len(head), name, full=True)
+            if not more:
+                break
+            head += more
+            layout = isobmff_layout(head)
+        image = sniff_image(head)
+        if image is not None or layout in ("mdat-first", "unknown"):
+            src.path = _spool_all(head, pipe, src)
+            src.spooled = True
+            src.size = os.path.getsize(src.path)
+        elif looks_like_text(head):
+            raise BadInput(name, "is text, not an audio, video or image file")
+        else:
+            src._feed = _Feed(_GuardedPipe(pipe, name), head, keep=not single_pass, name=name)
+            src.streamed = True
+        _classify(src, head)
+    except BaseException:
+        src.close()
+        raise
     return src
+
+
+class _GuardedPipe:
+    """A pipe whose read errors are BadInput naming the input (read by _Feed, often inside PyAV)."""
+
+    def __init__(self, pipe: Any, name: str) -> None:
+        self.pipe = pipe
+        self.name = name
+
+    def read(self, n: int) -> bytes:
+        return _read_pipe(self.pipe, n, self.name)
 
 
 def _classify(src: Source, head: bytes) -> None:
@@ -600,9 +743,21 @@ def _classify(src: Source, head: bytes) -> None:
     src.format = src.info.format
 
 
+def _stdin_buffer() -> Any:
+    """sys.stdin's binary buffer; BadInput when standard input is closed (`prog - <&-`)."""
+    stream = sys.stdin
+    buffer = getattr(stream, "buffer", None) if stream is not None else None
+    if buffer is None or getattr(buffer, "closed", False):
+        raise BadInput(STDIN_NAME, "standard input is closed", "pass the file's path, or redirect it: - < FILE")
+    return buffer
+
+
 @contextlib.contextmanager
-def open_input(spec: str, *, stdin: BinaryIO | None = None, single_pass: bool = False) -> Iterator[Source]:
+def open_input(spec: str, *, stdin: BinaryIO | None = None, single_pass: bool = False,
+               warn: Callable[[str], None] | None = None) -> Iterator[Source]:
     """Open `spec` (a path, or "-" for standard input) as a Source; removes temporary files on exit.
+
+    `warn` is called once with each warning recorded on the Source while it is used (Source.warn).
 
     Raises BadInput for a missing path, a directory, an empty file or stdin, text, random bytes, an
     unreadable or truncated container, an undecodable codec, and images that cannot be used (empty,
@@ -613,7 +768,7 @@ def open_input(spec: str, *, stdin: BinaryIO | None = None, single_pass: bool = 
     src: Source | None = None
     try:
         if spec == "-":
-            pipe: Any = stdin if stdin is not None else sys.stdin.buffer
+            pipe: Any = stdin if stdin is not None else _stdin_buffer()
             src = _from_stream(pipe, STDIN_NAME, single_pass)
         else:
             bad = _bad_path(spec)
@@ -633,6 +788,7 @@ def open_input(spec: str, *, stdin: BinaryIO | None = None, single_pass: bool = 
                     head = fh.read(HEAD_BYTES)
                 src = Source(name=spec, kind="audio", path=spec, format="", size=st.st_size)
                 _classify(src, head)
+        src.on_warn = warn
         yield src
     finally:
         if src is not None:

@@ -4,7 +4,7 @@ turn evaluates only what is new (the previous answer is rendered back exactly as
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,11 +16,13 @@ from ..errors import BadInput, UsageError
 MAX_AUDIO_S = 30
 
 
-def attachment_parts(spec: str, *, image_tokens: int = 280, frame_tokens: int = 70) -> list[Part]:
-    """Decode an attachment (image, audio or video; a path or -) into engine parts."""
+def attachment_parts(spec: str, *, image_tokens: int = 280, frame_tokens: int = 70,
+                     warn: Callable[[str], None] | None = None) -> list[Part]:
+    """Decode an attachment (image, audio or video; a path or -) into engine parts; `warn` gets what
+    was worth a word but did not stop it (NaN samples replaced, a dropped audio track...)."""
     from ..media.source import open_input
 
-    with open_input(spec) as src:
+    with open_input(spec, warn=warn) as src:
         if src.kind == "image":
             from ..media.image import load_image
 

@@ -66,6 +66,7 @@ class Timeline:
     frames_dropped: int = 0
     audio_seconds_total: int = 0
     audio_seconds_silent: int = 0
+    audio_dropped: str | None = None  # why an audio track that exists could not be used (from then on)
 
     def tokens(self, frame_tokens: int) -> int:
         from ..media.audio import windows_for
@@ -135,11 +136,19 @@ def build_timeline(source: Source, options: VideoOptions) -> Timeline:
                     if j < len(spans) and spans[j][0] > pending_at:
                         pending = pending[spans[j][0] - pending_at:]
                         pending_at = spans[j][0]
-        except Exception as exc:  # no audio stream: video still works from frames alone
+        except Exception as exc:  # video still works from frames alone
             from ..errors import BadInput
 
             if not isinstance(exc, BadInput):
                 raise
+            if source.info is not None and source.info.has_audio:  # a track that fails is said, not hidden
+                tl.audio_dropped = exc.reason
+                if tl.audio_seconds_total:
+                    source.warn(f"{source.name}: its audio track fails after {tl.audio_seconds_total} s "
+                                f"({exc.reason}); the rest is answered from the frames alone")
+                else:
+                    source.warn(f"{source.name}: its audio track cannot be decoded ({exc.reason}); "
+                                "answering from the frames alone")
         if j < len(spans) and pending.size:  # the last, shorter unit
             a, b = spans[j]
             piece = pending[max(0, a - pending_at):max(0, b - pending_at)]
@@ -251,6 +260,8 @@ def _answer_from_state(source: Source, engine: Engine, options: VideoOptions, sa
         engine.reset()  # type: ignore[attr-defined]
         return None
     text = "".join(out).strip()
+    for warning in meta.get("warnings", []):  # said again: the saved timeline had them (a dropped track...)
+        source.warn(str(warning))
     meta.update(cache="hit", timeline="saved", prompt_evaluated=engine.stats.prompt_evaluated, windows=1,
                 seconds=round(time.perf_counter() - t0, 3))
     return Description(file=source.name, text=text, meta=meta)
@@ -273,6 +284,9 @@ def video(source: Source, engine_for: Callable[[int], Engine], options: VideoOpt
     meta: dict[str, Any] = {"frames": tl.frames_total, "frames_dropped": tl.frames_dropped,
                             "audio_seconds": tl.audio_seconds_total, "audio_seconds_silent": tl.audio_seconds_silent,
                             "tokens_media": total, "tokens_saved": tl.saved_tokens(frame_tokens)}
+    if tl.audio_dropped is not None:
+        meta["audio_dropped"] = tl.audio_dropped
+    meta.update(source.meta())  # warnings, NaN samples replaced
     if engine is None:
         engine = engine_for(n_ctx)
     question = Text("\n" + options.prompt)
