@@ -59,9 +59,10 @@ def command(
     from gemmapipe.core.tasks.describe import DEFAULT_PROMPT, DescribeOptions, describe, n_ctx_for
     from gemmapipe.core.writers import get_description_writer
 
-    runner.model_pair()  # a missing or wrong model fails before any decoding (exit 4)
     options = DescribeOptions(prompt=prompt or DEFAULT_PROMPT, schema=load_schema(schema) if schema else None,
                               image_tokens=image_tokens, generate=runner.generate_options(512))
+    runner.check_inputs(inputs)  # a bad --schema or a sole missing input comes before any model check
+    runner.model_pair()  # a missing or wrong model fails before any decoding (exit 4)
     several = len(inputs) > 1
     fmt = fmt or ("jsonl" if several and output_dir is None else "txt")
     # min 1: the media layer already sized each image for mtmd to keep as is

@@ -69,6 +69,7 @@ def run_segments(inputs: list[str], *, runner: Runner, fmt: str | None, output_d
     from gemmapipe.core.media.source import open_input
     from gemmapipe.core.writers import get_writer
 
+    runner.check_inputs(inputs)  # a sole missing input is exit 3 before any model check
     runner.model_pair()  # a missing or wrong model fails before any decoding (exit 4)
     several = len(inputs) > 1
     fmt = fmt or ("jsonl" if several and output_dir is None else "txt")

@@ -54,6 +54,7 @@ def command(
     from gemmapipe.core.tasks.video import DEFAULT_PROMPT, VideoOptions, video
     from gemmapipe.core.writers import get_description_writer
 
+    runner.check_inputs([input])  # a missing input is exit 3 before any model check
     runner.model_pair()  # a missing or wrong model fails before any decoding (exit 4)
     options = VideoOptions(prompt=prompt or DEFAULT_PROMPT, fps=fps, frame_tokens=frame_tokens, start_ms=start_ms,
                            end_ms=end_ms, max_frames=max_frames, audio=not no_audio, dedupe=not no_dedupe,
