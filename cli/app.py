@@ -51,7 +51,7 @@ def _root(
     pass
 
 
-class _ConfigDefaults(dict):  # type: ignore[type-arg]
+class _ConfigDefaults(dict[str, Any]):
     """Click's default_map, read from the config file only when a subcommand that takes it is about
     to run: `--version`, `--help` and `models` never read the file. A broken file is kept as
     `error` and raised by the command itself (see options.with_common), so `transcribe --help`
@@ -71,7 +71,7 @@ class _ConfigDefaults(dict):  # type: ignore[type-arg]
 
             try:
                 path = config_path()
-                self._loaded = default_map(load_config(path), config_keys(self._command), path)
+                self._loaded = default_map(load_config(), config_keys(self._command), path)
             except GemmapipeError as exc:
                 self.error, self._loaded = exc, {}
         return self._loaded.get(name, default)

@@ -35,10 +35,14 @@ def config_path() -> Path:
 
 def load_config(path: Path | None = None) -> dict[str, Any]:
     """The parsed file ({} when there is none); UsageError when it cannot be read or is not TOML."""
+    named = path is None and bool(os.environ.get("GEMMAPIPE_CONFIG"))
     path = path or config_path()
     try:
         data = path.read_bytes()
     except FileNotFoundError:
+        if named:  # a file asked for by name (GEMMAPIPE_CONFIG) must be there
+            raise UsageError(f"config {path}", "no such file", "unset GEMMAPIPE_CONFIG, or point it at a file "
+                                                               "(/dev/null for none)") from None
         return {}
     except OSError as exc:
         raise UsageError(f"config {path}", f"cannot read: {exc.strerror or exc}") from None
