@@ -95,8 +95,10 @@ def config_keys(command: Any) -> dict[str, dict[str, Any]]:
 
     from gemmapipe.core.config import Key
 
-    def checker(param: Any) -> Any:
+    def checker(param: Any, choices: list[str] | None) -> Any:
         def check(value: Any) -> Any:
+            if choices is not None and value not in choices:
+                raise ValueError(f"unknown format {value!r} (choose one of {', '.join(choices)})")
             try:
                 if param.multiple:
                     return [param.type.convert(v, param, None) for v in value]
@@ -105,6 +107,8 @@ def config_keys(command: Any) -> dict[str, dict[str, Any]]:
                 raise ValueError(exc.message.rstrip(".")) from None
         return check
 
+    formats = {"transcribe": transcribe.FORMATS, "diarize": diarize.FORMATS, "describe": describe.FORMATS,
+               "video": video.FORMATS}  # -f/--format is a plain string the command checks itself
     out: dict[str, dict[str, Any]] = {}
     for name in COMMANDS:
         table: dict[str, Any] = {}
@@ -124,7 +128,8 @@ def config_keys(command: Any) -> dict[str, dict[str, Any]]:
                 kind = "path"
             else:
                 kind = "str"
-            key = Key(param.name, kind, None if kind == "bool" else checker(param))
+            choices = formats.get(name) if param.name == "fmt" else None
+            key = Key(param.name, kind, None if kind == "bool" else checker(param, choices))
             names = [o.lstrip("-") for o in param.opts if o.startswith("--")] + [param.name]
             for n in names:
                 table[n.replace("-", "_")] = key

@@ -118,7 +118,7 @@ def default_map(config: Mapping[str, Any], keys: Mapping[str, Mapping[str, Key]]
                           f"did you mean {close[0]!r}?" if close else "keys are the long option names, e.g. "
                                                                       "threads or max-tokens")
 
-    def value_for(key: str, spec: Key, value: Any, table: str | None) -> Any:
+    def value_for(key: str, spec: Key, value: Any, table: str | None, hint: str | None = None) -> Any:
         name = f"[{table}] {key}" if table else key
         if not _kind_ok(spec.kind, value):
             raise UsageError(where, f"{name} must be {_TYPE_WORDS[spec.kind]}, not {_toml_type(value)}")
@@ -127,7 +127,13 @@ def default_map(config: Mapping[str, Any], keys: Mapping[str, Mapping[str, Key]]
         try:
             return spec.check(value)
         except ValueError as exc:
-            raise UsageError(where, f"{name}: {exc}") from None
+            raise UsageError(where, f"{name}: {exc}", hint) from None
+
+    def takes(spec: Key | None, value: Any) -> bool:
+        try:
+            return spec is not None and value_for("", spec, value, None) is not None
+        except UsageError:
+            return False
 
     out: dict[str, dict[str, Any]] = {name: {} for name in keys}
     # top level first, then the tables, so a table's value wins for its command
@@ -143,8 +149,12 @@ def default_map(config: Mapping[str, Any], keys: Mapping[str, Mapping[str, Key]]
             raise unknown(key, None, all_keys)
         for command, table in keys.items():
             spec = table.get(_norm(key))
-            if spec is not None:
-                out[command][spec.param] = value_for(key, spec, value, None)
+            if spec is None:
+                continue
+            others = [c for c, t in keys.items() if c != command and takes(t.get(_norm(key)), value)]
+            hint = (f"a top-level key is for every command with that option, {command} too; put it in a "
+                    f"[{others[0]}] table instead") if others else None
+            out[command][spec.param] = value_for(key, spec, value, None, hint)
     for command, table in keys.items():
         section = config.get(command)
         if not isinstance(section, dict):

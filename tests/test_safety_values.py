@@ -78,6 +78,8 @@ BAD_CONFIGS = [
     (b"no-progress = 1\n", "no-progress must be true or false, not an integer"),
     (b"[chat]\nimage-tokens = 9999\n", "[chat] image-tokens: 9999 is not in the range 70<=x<=1120"),
     (b"[transcribe]\nformat = 5\n", "[transcribe] format must be a string, not an integer"),
+    (b'format = "docx"\n', "format: unknown format 'docx' (choose one of txt, srt, vtt, json, jsonl, tsv)"),
+    (b'[transcribe]\nformat = "md"\n', "[transcribe] format: unknown format 'md'"),
     (b"help = true\n", "unknown key 'help'"),
 ]
 
@@ -112,6 +114,15 @@ def test_bad_config_stops_chat_before_anything_is_written(config_file: Path, cap
     refused(capsys, ["chat", "hi"], ExitStatus.USAGE, "model must be a path")
     assert files_under(config_file.parent.parent.parent / "data") == before  # no session saved
     assert not fake_engine
+
+
+def test_top_level_value_only_some_commands_take(config_file: Path, capsys: pytest.CaptureFixture[str],
+                                                  fake_model: Path) -> None:
+    config_file.write_text('format = "md"\n')  # video's, not transcribe's
+    assert run(["transcribe", "--dry-run", "x.wav"]) == ExitStatus.USAGE
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and "format: unknown format 'md'" in lines[0]
+    assert lines[1].startswith("gemmapipe: hint: ") and "put it in a [video] table instead" in lines[1]
 
 
 def test_config_keys_are_option_names(config_file: Path, capsys: pytest.CaptureFixture[str],
