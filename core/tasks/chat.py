@@ -89,7 +89,7 @@ class ChatSession:
         GemmapipeError (exit 1) naming the file when it cannot be written."""
         where = f"session {path}"
         if path.is_dir():
-            raise GemmapipeError(where, "is a directory", "give a file name, e.g. /save chat.json")
+            raise GemmapipeError(where, "is a directory")
         try:
             if make_dirs:
                 path.parent.mkdir(parents=True, exist_ok=True)
