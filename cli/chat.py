@@ -42,7 +42,7 @@ def command(
     common: Common,
 ) -> int:
     from gemmapipe.core.engine.grammar import load_schema, schema_to_grammar
-    from gemmapipe.core.errors import UsageError
+    from gemmapipe.core.errors import GemmapipeError, UsageError
     from gemmapipe.core.tasks.chat import ChatSession, attachment_parts, media_tokens
 
     attach = attach or []
@@ -68,7 +68,20 @@ def command(
     runner = Runner(common, needs=needs, command="chat")
     runner.plan_outputs(attach)  # -o onto an attachment would destroy it
     store = _session_path(session or "last") if (session or cont) else None
-    convo = ChatSession.load(store, image_tokens=image_tokens) if store and (cont or session) else ChatSession()
+    # Where the conversation is kept, checked before the model is asked: an answer is never printed
+    # and then lost to an unusable store. Asked for (--session, --continue): an error; the implicit
+    # "last" of a one-shot chat: a warning, and it is not kept.
+    keep: Path | None = store
+    if store is not None:
+        ChatSession.check_store(store)
+    elif not interactive:
+        keep = _session_path("last")
+        try:
+            ChatSession.check_store(keep)
+        except GemmapipeError as exc:
+            runner.warn(f"{exc.subject}: {exc.reason}; this conversation is not kept for --continue")
+            keep = None
+    convo = ChatSession.load(store, image_tokens=image_tokens) if store else ChatSession()
     if system:
         convo.system = system
     thoughts = _thought_printer(common) if think else None
@@ -96,7 +109,13 @@ def command(
         if thoughts:
             sys.stderr.write("\n")
         # Every one-shot conversation is kept as "last", so --continue can pick it up.
-        convo.save(store or _session_path("last"))
+        if keep is not None:
+            try:
+                convo.save(keep, make_dirs=True)
+            except GemmapipeError as exc:
+                if store is not None:
+                    raise
+                runner.warn(f"{exc.subject}: {exc.reason}; this conversation is not kept for --continue")
         return 0
     finally:
         runner.close()

@@ -59,11 +59,12 @@ def command(
     from gemmapipe.core.tasks.describe import DEFAULT_PROMPT, DescribeOptions, describe, n_ctx_for
     from gemmapipe.core.writers import get_description_writer
 
+    options = DescribeOptions(prompt=prompt or DEFAULT_PROMPT, schema=load_schema(schema) if schema else None,
+                              image_tokens=image_tokens, generate=runner.generate_options(512))
+    runner.check_inputs(inputs)  # a bad --schema or a sole missing input comes before any model check
     fmt = runner.choose_format(fmt, FORMATS, several=len(inputs) > 1, output_dir=output_dir)
     runner.plan_outputs(inputs, output_dir=output_dir, ext=fmt)  # before the model: nothing runs onto an input
     runner.model_pair()  # a missing or wrong model fails before any decoding (exit 4)
-    options = DescribeOptions(prompt=prompt or DEFAULT_PROMPT, schema=load_schema(schema) if schema else None,
-                              image_tokens=image_tokens, generate=runner.generate_options(512))
     # min 1: the media layer already sized each image for mtmd to keep as is
     engine_for = lambda: runner.engine(n_ctx=n_ctx_for(options), image_tokens=(1, image_tokens))  # noqa: E731
 

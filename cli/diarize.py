@@ -62,10 +62,19 @@ def command(
     if dry_run:
         return dry_run_plans(inputs, runner, want_audio=True, want_frames=False, start_ms=start_ms, end_ms=end_ms)
 
-    from gemmapipe.core.tasks.diarize import DiarizeOptions, diarize, n_ctx_for, require_scoring, score_der
+    from gemmapipe.core.tasks.diarize import (
+        DiarizeOptions,
+        diarize,
+        n_ctx_for,
+        read_rttm,
+        require_scoring,
+        score_der,
+    )
 
-    if score is not None:
-        require_scoring()  # before any work: exit 2 naming the extra
+    reference = None
+    if score is not None:  # before any work (the model included): exit 2 naming the extra or the file
+        require_scoring()
+        reference = read_rttm(str(score))
     lo, hi = (speakers, speakers) if speakers else (min_speakers, max_speakers)
     options = DiarizeOptions(min_speakers=lo, max_speakers=hi, language=language, start_ms=start_ms, end_ms=end_ms,
                              names=[n.strip() for n in names.split(",") if n.strip()] if names else [],
@@ -75,8 +84,8 @@ def command(
 
     def task(src: Any, **kw: Any) -> Any:
         result = diarize(src, engine_for, options, **kw)
-        if score is not None:
-            der = score_der(str(score), result.segments, Path(src.name).stem)
+        if reference is not None:
+            der = score_der(reference, result.segments, Path(src.name).stem)
             result.meta["der"] = der
             sys.stderr.write("gemmapipe: DER {:.2%} (missed {:.2f}s, false alarm {:.2f}s, confusion {:.2f}s)\n".format(
                 der.get("diarization error rate", 0.0), der.get("missed detection", 0.0),

@@ -20,6 +20,7 @@ def repl(convo: Any, engine_for: Any, options: Any, parts: list[Any], specs: lis
     from rich.console import Console
     from rich.live import Live
     from rich.markdown import Markdown
+    from rich.markup import escape
 
     from gemmapipe.core.errors import GemmapipeError
     from gemmapipe.core.tasks.chat import attachment_parts
@@ -67,8 +68,12 @@ def repl(convo: Any, engine_for: Any, options: Any, parts: list[Any], specs: lis
                     except GemmapipeError as exc:
                         err.print(f"[red]error:[/red] {exc.subject}: {exc.reason}")
                 elif cmd == "/save" and arg:
-                    convo.save(Path(arg).expanduser())
-                    err.print(f"[dim]saved to {arg}[/dim]")
+                    try:  # a failed save is a message; the conversation goes on
+                        convo.save(Path(arg).expanduser())
+                        err.print(f"[dim]saved to {arg}[/dim]")
+                    except GemmapipeError as exc:
+                        err.print(f"[red]error:[/red] {escape(exc.subject)}: {escape(exc.reason)}",
+                                  highlight=False, soft_wrap=True)
                 else:
                     err.print("[dim]commands: /attach FILE, /reset, /save FILE, /exit[/dim]")
                 continue
@@ -82,7 +87,11 @@ def repl(convo: Any, engine_for: Any, options: Any, parts: list[Any], specs: lis
                 s = engine.stats
                 info(f"prompt {s.prompt_tokens} tokens, {s.prompt_evaluated} evaluated, {s.generated} generated")
             if store is not None:
-                convo.save(store)
+                try:
+                    convo.save(store, make_dirs=True)
+                except GemmapipeError as exc:
+                    err.print(f"[red]error:[/red] {escape(exc.subject)}: {escape(exc.reason)}",
+                              highlight=False, soft_wrap=True)
     finally:
         if readline is not None:
             with contextlib.suppress(OSError):

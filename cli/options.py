@@ -2,12 +2,32 @@
 
 import functools
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
+from typer._click import types as click_types  # Typer's vendored Click (typer>=0.26)
+
+# Bounds of the shared numeric options, checked when the command line (or the config file) is parsed.
+MAX_THREADS = 512  # llama.cpp's GGML_MAX_N_THREADS; beyond it ggml and libgomp fail (or crash)
+MAX_TOKENS = 1 << 20  # context and answer lengths: past any model's context, inside llama.cpp's int32
+MAX_TIMEOUT_S = 86400.0  # a day of silence
+MAX_RETRIES = 100
+MAX_JOBS = 256
+
+
+class FiniteFloat(click_types.FloatRange):
+    """A float option that refuses nan and inf (which no range check catches: nan compares false)."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        number = click_types.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
+
 
 MODEL_PANEL = "Model"
 OUTPUT_PANEL = "Output"
@@ -49,29 +69,30 @@ _SPEC: dict[str, tuple[Any, Any]] = {
         "--mmproj", envvar="GEMMAPIPE_MMPROJ", rich_help_panel=MODEL_PANEL, show_default=False,
         help="Projector GGUF; default: the single mmproj*.gguf beside the model.")], None),
     "threads": (Annotated[int | None, typer.Option(
-        "-t", "--threads", min=1, rich_help_panel=MODEL_PANEL, show_default=False,
-        help="CPU threads (default: available cores, at most 16).")], None),
+        "-t", "--threads", min=1, max=MAX_THREADS, rich_help_panel=MODEL_PANEL, show_default=False,
+        help=f"CPU threads, 1-{MAX_THREADS} (default: available cores, at most 16).")], None),
     "gpu_layers": (Annotated[int, typer.Option(
-        "--gpu-layers", rich_help_panel=MODEL_PANEL,
+        "--gpu-layers", min=-1, rich_help_panel=MODEL_PANEL,
         help="Layers to offload to the GPU; -1 = all when the build supports offload, 0 = CPU only.")], -1),
     "ctx_size": (Annotated[int | None, typer.Option(
-        "-c", "--ctx-size", min=256, rich_help_panel=MODEL_PANEL, show_default=False,
+        "-c", "--ctx-size", min=256, max=MAX_TOKENS, rich_help_panel=MODEL_PANEL, show_default=False,
         help="Context size in tokens (default: sized to the job).")], None),
     "seed": (Annotated[int | None, typer.Option(
-        "--seed", rich_help_panel=MODEL_PANEL, show_default=False,
+        "--seed", min=0, max=2**32 - 1, rich_help_panel=MODEL_PANEL, show_default=False,
         help="Sampling seed (default: random; irrelevant when greedy).")], None),
     "temperature": (Annotated[float, typer.Option(
-        "--temperature", min=0.0, rich_help_panel=MODEL_PANEL, help="Sampling temperature; 0 = greedy.")], 0.0),
+        "--temperature", click_type=FiniteFloat(min=0.0), rich_help_panel=MODEL_PANEL,
+        help="Sampling temperature; 0 = greedy.")], 0.0),
     "max_tokens": (Annotated[int | None, typer.Option(
-        "--max-tokens", min=1, rich_help_panel=MODEL_PANEL, show_default=False,
+        "--max-tokens", min=1, max=MAX_TOKENS, rich_help_panel=MODEL_PANEL, show_default=False,
         help="Most tokens to generate per answer (default depends on the command).")], None),
     "no_template": (Annotated[bool, typer.Option(
         "--no-template", rich_help_panel=MODEL_PANEL,
         help="Ignore the GGUF's chat template: plain completion.")], False),
-    "flash_attn": (Annotated[str, typer.Option(
+    "flash_attn": (Annotated[Literal["auto", "on", "off"], typer.Option(
         "--flash-attn", rich_help_panel=MODEL_PANEL, help="Flash attention: auto, on or off.")], "auto"),
-    "cache_type": (Annotated[str, typer.Option(
-        "--cache-type", rich_help_panel=MODEL_PANEL, help="KV cache type: f16, q8_0 or q4_0.")], "f16"),
+    "cache_type": (Annotated[Literal["f16", "q8_0", "q4_0", "f32"], typer.Option(
+        "--cache-type", rich_help_panel=MODEL_PANEL, help="KV cache type: f16, q8_0, q4_0 or f32.")], "f16"),
     "output": (Annotated[str, typer.Option(
         "-o", "--output", rich_help_panel=OUTPUT_PANEL,
         help="Write here ('-' = stdout). Files are written whole or not at all.")], "-"),
@@ -97,17 +118,19 @@ _SPEC: dict[str, tuple[Any, Any]] = {
         "--server-model", envvar="GEMMAPIPE_SERVER_MODEL", rich_help_panel=SERVER_PANEL, show_default=False,
         metavar="NAME", help="Model name to ask --server for (default: the first it lists).")], None),
     "timeout": (Annotated[float, typer.Option(
-        "--timeout", min=1.0, rich_help_panel=SERVER_PANEL, metavar="SECONDS",
+        "--timeout", click_type=FiniteFloat(min=1.0, max=MAX_TIMEOUT_S), rich_help_panel=SERVER_PANEL,
+        metavar="SECONDS",
         help="Give up when --server stays silent this long.")], 600.0),
     "retries": (Annotated[int, typer.Option(
-        "--retries", min=0, rich_help_panel=SERVER_PANEL,
+        "--retries", min=0, max=MAX_RETRIES, rich_help_panel=SERVER_PANEL,
         help="Retries (with backoff) when --server is unreachable or answers 429/5xx.")], 4),
     "jobs": (Annotated[int, typer.Option(
-        "-j", "--jobs", min=1, rich_help_panel=SERVER_PANEL,
+        "-j", "--jobs", min=1, max=MAX_JOBS, rich_help_panel=SERVER_PANEL,
         help="Requests to --server at once: inputs of a batch (and clips of a transcript); output order "
              "is kept.")], 1),
 }
 assert set(_SPEC) == {f.name for f in fields(Common)}
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -121,6 +144,9 @@ def with_common(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(**kwargs: Any) -> Any:
+        from .app import raise_config_error
+
+        raise_config_error()  # a broken config file stops the command, not --help
         common = Common(**{name: kwargs.pop(name) for name in _SPEC})
         try:
             return func(common=common, **kwargs)

@@ -79,10 +79,10 @@ class Runner(Session):
         super().__init__(session_config(common), needs=needs, reporter=CliReporter(common),
                          default_model=default_model)
 
-    def each_input(self, inputs: list[str], work: Callable[[str], None], **kw: object) -> int:
+    def check_input_list(self, inputs: list[str]) -> None:
         if not inputs:
             raise UsageError("input", "no input given", f"pass a path, or - for stdin: gemmapipe {self.command} FILE")
-        return super().each_input(inputs, work, **kw)  # type: ignore[arg-type]
+        super().check_input_list(inputs)
 
 
 def read_files_from(source: str | None) -> list[str]:

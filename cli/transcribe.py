@@ -70,6 +70,7 @@ def run_segments(inputs: list[str], *, runner: Runner, fmt: str | None, formats:
     from gemmapipe.core.media.source import open_input
     from gemmapipe.core.writers import get_writer
 
+    runner.check_inputs(inputs)  # a sole missing input is exit 3 before any model check
     fmt = runner.choose_format(fmt, formats, several=len(inputs) > 1, output_dir=output_dir)
     runner.plan_outputs(inputs, output_dir=output_dir, ext=fmt)  # before the model: nothing runs onto an input
     runner.model_pair()  # a missing or wrong model fails before any decoding (exit 4)

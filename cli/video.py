@@ -55,6 +55,7 @@ def command(
     from gemmapipe.core.tasks.video import DEFAULT_PROMPT, VideoOptions, video
     from gemmapipe.core.writers import get_description_writer
 
+    runner.check_inputs([input])  # a missing input is exit 3 before any model check
     fmt = runner.choose_format(fmt, FORMATS, several=False, output_dir=None)
     runner.plan_outputs([input])  # before the model: nothing runs onto an input
     runner.model_pair()  # a missing or wrong model fails before any decoding (exit 4)

@@ -15,6 +15,7 @@ from .media.audio import SAMPLE_RATE, WINDOW, check_range, ms_to_samples, window
 from .media.frames import frame_plan, frame_size
 from .media.geometry import DEFAULT_FRAME_TOKENS, DEFAULT_IMAGE_TOKENS, MTMD_MIN_TOKENS, fit_size, tokens_for
 from .media.probe import probe
+from .timefmt import require_start_before_end
 
 if TYPE_CHECKING:
     from .media.source import Source
@@ -87,6 +88,7 @@ def plan_input(
         assert info.width and info.height
         w, h = frame_size(info.width, info.height, max_tokens=frame_tokens, min_tokens=frame_min_tokens)
         vdur = info.video_duration_ms or duration
+        require_start_before_end(source.name, "video", start_ms, vdur)  # the rule video itself follows
         fp = frame_plan(vdur, fps=fps, start_ms=start_ms, end_ms=end_ms, max_frames=max_frames)
         n = fp.count
         per = tokens_for(w, h)

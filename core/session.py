@@ -283,15 +283,30 @@ class Session:
             check_outputs([(self.config.output, "")], inputs, parameter="output")
 
     # --- batches --------------------------------------------------------------------------------
+    def check_input_list(self, inputs: list[str]) -> None:
+        if not inputs:
+            raise UsageError("input", "no input given", "pass a path, or - for stdin")
+        if inputs.count("-") > 1:
+            raise UsageError("input", "stdin (-) can be given only once")
+
+    def check_inputs(self, inputs: list[str]) -> None:
+        """Before the model is looked for (or a download offered): the input list is usable, and a
+        sole input path exists and is readable (its own exit 3). In a batch a missing input stays
+        one failure among the others, reported when its turn comes."""
+        self.check_input_list(inputs)
+        if len(inputs) == 1 and inputs[0] != "-":
+            from .media.source import check_path
+
+            bad = check_path(inputs[0])
+            if bad is not None:
+                raise bad
+
     def each_input(self, inputs: list[str], work: Callable[[str], None], *, fail_fast: bool = False,
                    on_error: Callable[[str, GemmapipeError], None] | None = None, jobs: int = 1) -> int:
         """Run `work` per input. One input: its error propagates (its own exit status). Several:
         a bad input is reported and the rest go on; model problems stop the batch. `jobs` > 1 (pass
         `self.jobs`; only for work that writes through `ordered_output`): that many inputs at once."""
-        if not inputs:
-            raise UsageError("input", "no input given", "pass a path, or - for stdin")
-        if inputs.count("-") > 1:
-            raise UsageError("input", "stdin (-) can be given only once")
+        self.check_input_list(inputs)
         if len(inputs) == 1:
             work(inputs[0])
             self.succeeded += 1

@@ -1,5 +1,6 @@
 """Fuzzing the media layer and --dry-run with mutated media: only clean errors (BadInput, exit 3) or
-success, never a crash, a hang or a traceback.
+success, never a crash, a hang or a traceback. And the option values: bad numbers, times and choices
+are one usage-error line (exit 2), odd ones are accepted or refused that way, never an internal error.
 
 Used by tests/test_fuzz.py (a short run in CI) and runnable alone for a long run:
 
@@ -128,10 +129,82 @@ def exercise_dry_run(path: Path) -> str:
     return "ok"
 
 
+# --- option values -----------------------------------------------------------------------------------
+# Bad values for numeric, time and choice options: each is a usage error (exit 2, one error line and at
+# most a hint, nothing on stdout) on every --dry-run command that takes the option.
+
+TIME_OPTIONS = ("--start", "--end")
+BAD_OPTION_VALUES: list[tuple[str, str]] = [
+    ("--start", "inf"), ("--start", "-inf"), ("--start", "1e400"), ("--start", "nan"), ("--start", "1:99"),
+    ("--start", "-5"), ("--start", "1:2:3:4"), ("--start", "9" * 400), ("--end", "inf"), ("--end", "1e400s"),
+    ("--temperature", "nan"), ("--temperature", "inf"), ("--temperature", "-1"), ("--timeout", "nan"),
+    ("--timeout", "1e400"), ("--timeout", "0"), ("-t", "100000"), ("-t", "32768"), ("-t", "0"), ("-t", "1e3"),
+    ("-c", "99999999999"), ("--max-tokens", "99999999999"), ("--seed", "-1"), ("--seed", "4294967296"),
+    ("--gpu-layers", "-2"), ("--retries", "1000000"), ("-j", "100000"), ("--flash-attn", "maybe"),
+    ("--cache-type", "q5_9"), ("--cache-type", ""),
+]
+DRY_RUN_COMMANDS = ("transcribe", "diarize", "describe", "video")
+# options whose values the random run draws from odd_number()
+NUMERIC_OPTIONS = ("--start", "--end", "--temperature", "--timeout", "-t", "-c", "--max-tokens", "--seed",
+                   "--gpu-layers", "--retries", "-j")
+ODD_NUMBERS = ("inf", "-inf", "nan", "NaN", "1e400", "-1e400", "1e-400", "0", "-0", "1:99", "1:60", "59:59",
+               "1:2:3", "0x10", "1_000", "", " ", "1e308", "4294967296", "9223372036854775808", "½", "٣")
+
+
+def option_cases(media: dict[str, Path]) -> list[list[str]]:
+    """[command, --dry-run, option, value, input] for every bad value and every command taking it."""
+    cases = []
+    for option, value in BAD_OPTION_VALUES:
+        for command in DRY_RUN_COMMANDS:
+            if option in TIME_OPTIONS and command == "describe":
+                continue
+            cases.append([command, "--dry-run", option, value, str(media[command])])
+    return cases
+
+
+def odd_number(rng: random.Random) -> str:
+    """A number-ish string: a special value, or random characters from numbers' alphabet."""
+    if rng.random() < 0.5:
+        return rng.choice(ODD_NUMBERS)
+    return "".join(rng.choice("0123456789.:-+eEinfa_ s") for _ in range(rng.randint(1, 12)))
+
+
+def exercise_option(args: list[str], *, allowed: tuple[int, ...] = (2,)) -> int:
+    """Run the CLI on `args`; the contract: an allowed exit status, and a refusal is one error line (plus
+    at most a hint) with nothing on stdout, never 'internal' or a traceback."""
+    from gemmapipe.cli.app import run
+
+    err, out = io.StringIO(), io.StringIO()
+    with deadline(PER_INPUT_TIMEOUT_S), contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        code = run(args)
+    text = err.getvalue()
+    lines = text.splitlines()
+    if code not in allowed or "internal" in text or "Traceback" in text:
+        raise AssertionError(f"{args}: exit {code}: {text.strip()}")
+    if code != 0 and (out.getvalue() or not 1 <= len(lines) <= 2 or not lines[0].startswith("gemmapipe: error: ")
+                      or (len(lines) == 2 and not lines[1].startswith("gemmapipe: hint: "))):
+        raise AssertionError(f"{args}: exit {code}: not one error line: {text!r}, stdout {out.getvalue()!r}")
+    return code
+
+
+def random_option_case(rng: random.Random, media: dict[str, Path]) -> list[str]:
+    command = rng.choice(DRY_RUN_COMMANDS)
+    options = [o for o in NUMERIC_OPTIONS if not (command == "describe" and o in TIME_OPTIONS)]
+    option, value = rng.choice(options), odd_number(rng)
+    return [command, "--dry-run", option, value, str(media[command])]  # Click takes "-5" as the value
+
+
 def check(path: Path) -> str:
     result = exercise_media(path)
     exercise_dry_run(path)
     return result
+
+
+def option_media(base: list[Path]) -> dict[str, Path]:
+    """The seed each --dry-run command takes, from seeds()."""
+    by_suffix = {p.suffix: p for p in base}
+    return {"transcribe": by_suffix[".wav"], "diarize": by_suffix[".wav"], "describe": by_suffix[".png"],
+            "video": by_suffix[".mp4"]}
 
 
 def long_run(minutes: float, seed: int) -> int:
@@ -143,8 +216,17 @@ def long_run(minutes: float, seed: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         base = seeds(Path(tmp) / "seeds")
         blobs = [(p.suffix, p.read_bytes()) for p in base]
+        media = option_media(base)
+        for args in option_cases(media):
+            exercise_option(args)
         end = time.monotonic() + minutes * 60
         while time.monotonic() < end:
+            args = random_option_case(rng, media)  # one odd option value per mutated input
+            try:
+                exercise_option(args, allowed=(0, 2, 3))
+            except Exception:
+                crashes += 1
+                print(f"CRASH on options {args}:\n{traceback.format_exc()}", file=sys.stderr)
             suffix, data = rng.choice(blobs)
             case = Path(tmp) / f"case{suffix}"
             case.write_bytes(mutate(data, rng))

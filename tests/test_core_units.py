@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gemmapipe.core.config import default_map
+from gemmapipe.core.config import Key, default_map
 from gemmapipe.core.errors import UsageError
 from gemmapipe.core.sink import open_sink
 from gemmapipe.core.tasks.transcribe import cut_repetition
@@ -41,7 +41,9 @@ def test_cut_repetition() -> None:
 
 def test_default_map_precedence_inside_config() -> None:
     cfg = {"model": "a.gguf", "max-tokens": 5, "transcribe": {"model": "b.gguf"}}
-    m = default_map(cfg, ["transcribe", "chat"])
+    keys = {name: {"model": Key("model", "path"), "max_tokens": Key("max_tokens", "int")}
+            for name in ("transcribe", "chat")}
+    m = default_map(cfg, keys)
     assert m["transcribe"]["model"] == "b.gguf" and m["transcribe"]["max_tokens"] == 5
     assert m["chat"]["model"] == "a.gguf"
 

@@ -1,5 +1,6 @@
 """A short fuzzing run (the long one is `python tests/fuzzing.py --minutes N`): mutated media give
-success or a clean bad-input error, in the media layer and in every --dry-run."""
+success or a clean bad-input error, in the media layer and in every --dry-run; bad option values are
+one usage-error line, odd ones never an internal error."""
 
 from __future__ import annotations
 
@@ -10,12 +11,26 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fuzzing import CORPUS, check, mutate, seeds
+from fuzzing import (
+    CORPUS,
+    check,
+    exercise_option,
+    mutate,
+    option_cases,
+    option_media,
+    random_option_case,
+    seeds,
+)
 
 
 @pytest.fixture(scope="module")
-def seed_media(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, bytes]]:
-    return [(p.suffix, p.read_bytes()) for p in seeds(tmp_path_factory.mktemp("seeds"))]
+def seed_paths(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return seeds(tmp_path_factory.mktemp("seeds"))
+
+
+@pytest.fixture(scope="module")
+def seed_media(seed_paths: list[Path]) -> list[tuple[str, bytes]]:
+    return [(p.suffix, p.read_bytes()) for p in seed_paths]
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -31,3 +46,16 @@ def test_mutated_media_fail_cleanly(pick: int, seed: int, seed_media: list[tuple
 @pytest.mark.parametrize("path", sorted(CORPUS.glob("*")) if CORPUS.exists() else [], ids=lambda p: p.name)
 def test_regressions_from_earlier_fuzzing(path: Path) -> None:
     assert check(path) in ("ok", "bad-input")
+
+
+def test_bad_option_values_are_usage_errors(seed_paths: list[Path], cli_env: Path) -> None:
+    cases = option_cases(option_media(seed_paths))
+    assert len(cases) > 100
+    for args in cases:
+        assert exercise_option(args) == 2
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(min_value=0, max_value=2**32 - 1))
+def test_odd_option_values_never_crash(seed: int, seed_paths: list[Path], cli_env: Path) -> None:
+    exercise_option(random_option_case(random.Random(seed), option_media(seed_paths)), allowed=(0, 2, 3))

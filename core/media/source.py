@@ -614,6 +614,11 @@ def decode_guard(name: str) -> Iterator[None]:
 # ------------------------------------------------------------------------------------ open_input
 
 
+def check_path(spec: str) -> BadInput | None:
+    """The BadInput a path given as an input would raise (missing, a directory, empty, unreadable), or None."""
+    return _bad_path(spec)
+
+
 def _bad_path(spec: str) -> BadInput | None:
     p = Path(spec)
     try:

@@ -3,7 +3,9 @@ turn evaluates only what is new (the previous answer is rendered back exactly as
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import Any
 
 from ..engine.base import Engine, GenerateOptions
 from ..engine.parts import Audio, Image, Message, Part, Text
-from ..errors import BadInput, UsageError
+from ..errors import BadInput, GemmapipeError, UsageError
 
 MAX_AUDIO_S = 30
 
@@ -83,11 +85,43 @@ class ChatSession:
             turns.append(turn)
         return {"system": self.system, "turns": turns}
 
-    def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".part")
-        tmp.write_text(json.dumps(self.to_json(), ensure_ascii=False, indent=1), encoding="utf-8")
-        tmp.replace(path)
+    def save(self, path: Path, *, make_dirs: bool = False) -> None:
+        """Write the conversation atomically (a temporary file renamed into place). `make_dirs`: create
+        the missing folders (the session store); otherwise the folder must exist (`/save FILE`).
+        GemmapipeError (exit 1) naming the file when it cannot be written."""
+        where = f"session {path}"
+        if path.is_dir():
+            raise GemmapipeError(where, "is a directory")
+        try:
+            if make_dirs:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            elif not path.parent.is_dir():
+                raise GemmapipeError(where, f"no such directory: {path.parent}")
+        except OSError as exc:
+            raise GemmapipeError(where, f"cannot create its folder: {exc.strerror or exc}") from None
+        tmp = path.with_name(path.name + ".part")
+        try:
+            tmp.write_text(json.dumps(self.to_json(), ensure_ascii=False, indent=1), encoding="utf-8")
+            tmp.replace(path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise GemmapipeError(where, f"cannot write: {exc.strerror or exc}") from None
+
+    @staticmethod
+    def check_store(path: Path) -> None:
+        """Before the model is asked: the session store can hold `path` (its folder is, or can be
+        made, a writable directory). GemmapipeError naming the folder otherwise."""
+        folder = path.parent
+        existing = folder
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise GemmapipeError(f"session store {folder}", f"{existing} is not a directory")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise GemmapipeError(f"session store {folder}", f"{existing} is not writable")
+        if path.is_dir():
+            raise GemmapipeError(f"session {path}", "is a directory")
 
     @classmethod
     def load(cls, path: Path, **attach_kw: Any) -> ChatSession:
@@ -95,20 +129,47 @@ class ChatSession:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return cls()
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"session {path}", f"cannot read: {exc}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"session {path}", "cannot read: not UTF-8 text") from None
+        except OSError as exc:
+            raise UsageError(f"session {path}", f"cannot read: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise UsageError(f"session {path}", f"not valid JSON: {exc}") from None
+        turns = _session_turns(data)
+        if turns is None:
+            raise UsageError(f"session {path}", "not a gemmapipe session",
+                             'expected {"system": ..., "turns": [{"role": "user" or "assistant", "text": ...}]}')
         session = cls(system=data.get("system"))
-        for turn in data.get("turns", []):
-            if turn.get("role") == "user":
+        for turn in turns:
+            if turn["role"] == "user":
                 specs = [s for s in turn.get("attachments", []) if s != "-"]
                 parts: list[Part] = []
                 for spec in specs:
                     parts += attachment_parts(spec, **attach_kw)
-                session.messages.append(Message("user", [*parts, Text(turn.get("text", ""))]))
+                session.messages.append(Message("user", [*parts, Text(turn["text"])]))
                 session.attachments.append(specs)
             else:
-                session.messages.append(Message("assistant", [Text(turn.get("text", ""))]))
+                session.messages.append(Message("assistant", [Text(turn["text"])]))
         return session
+
+
+def _session_turns(data: Any) -> list[dict[str, Any]] | None:
+    """The turns of a saved session, or None when `data` is not one (what to_json writes)."""
+    if not isinstance(data, dict) or not isinstance(data.get("system"), str | None):
+        return None
+    turns = data.get("turns")
+    if not isinstance(turns, list):
+        return None
+    for turn in turns:
+        if not isinstance(turn, dict) or turn.get("role") not in ("user", "assistant"):
+            return None
+        turn.setdefault("text", "")
+        if not isinstance(turn["text"], str):
+            return None
+        attachments = turn.get("attachments", [])
+        if not isinstance(attachments, list) or not all(isinstance(a, str) for a in attachments):
+            return None
+    return turns
 
 
 def media_tokens(parts: list[Part]) -> int:

@@ -134,22 +134,53 @@ def require_scoring() -> None:
         raise UsageError("--score", "needs pyannote.metrics", "pip install 'gemmapipe[score]'") from None
 
 
-def score_der(reference_rttm: str, segments: list[Segment], uri: str) -> dict[str, float]:
-    """DER against a reference RTTM with pyannote.metrics (the `score` extra)."""
+RttmTurn = tuple[float, float, str]  # onset s, duration s, speaker
+
+
+def read_rttm(path: str) -> list[RttmTurn]:
+    """The SPEAKER lines of a reference RTTM, read and checked before any work (UsageError naming the
+    file and line: missing, unreadable, a malformed line)."""
+    import math
+
+    where = f"--score {path}"
+    turns: list[RttmTurn] = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                cols = line.split()
+                if not cols or cols[0] != "SPEAKER":
+                    continue  # comments and the other RTTM record types
+                if len(cols) < 8:
+                    raise UsageError(where, f"line {n}: a SPEAKER line has 8 or more fields, this one {len(cols)}")
+                try:
+                    onset, dur = float(cols[3]), float(cols[4])
+                except ValueError:
+                    raise UsageError(where, f"line {n}: onset and duration must be numbers "
+                                            f"(got {cols[3]!r} and {cols[4]!r})") from None
+                if not (math.isfinite(onset) and math.isfinite(dur)) or onset < 0 or dur < 0:
+                    raise UsageError(where, f"line {n}: onset and duration must be finite and not negative")
+                turns.append((onset, dur, cols[7]))
+    except UnicodeDecodeError:
+        raise UsageError(where, "not UTF-8 text") from None
+    except OSError as exc:
+        raise UsageError(where, exc.strerror or str(exc)) from None
+    if not turns:
+        raise UsageError(where, "has no SPEAKER lines", "an RTTM line reads: SPEAKER file 1 onset duration "
+                                                        "<NA> <NA> name <NA> <NA>")
+    return turns
+
+
+def score_der(reference: str | list[RttmTurn], segments: list[Segment], uri: str) -> dict[str, float]:
+    """DER against a reference RTTM (a path, or what read_rttm returned) with pyannote.metrics
+    (the `score` extra)."""
     require_scoring()
     from pyannote.core import Annotation, Timeline
     from pyannote.core import Segment as PSegment
     from pyannote.metrics.diarization import DiarizationErrorRate
+
     ref = Annotation(uri=uri)
-    try:
-        with open(reference_rttm, encoding="utf-8") as fh:
-            for line in fh:
-                cols = line.split()
-                if len(cols) >= 8 and cols[0] == "SPEAKER":
-                    onset, dur = float(cols[3]), float(cols[4])
-                    ref[PSegment(onset, onset + dur)] = cols[7]
-    except OSError as exc:
-        raise UsageError(f"--score {reference_rttm}", exc.strerror or str(exc)) from None
+    for onset, dur, speaker in read_rttm(reference) if isinstance(reference, str) else reference:
+        ref[PSegment(onset, onset + dur)] = speaker
     hyp = Annotation(uri=uri)
     for seg in segments:
         hyp[PSegment(seg.start_ms / 1000, seg.end_ms / 1000)] = seg.speaker or "S?"

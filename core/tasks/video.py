@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ..engine.base import Engine, GenerateOptions
 from ..engine.parts import Audio, Image, Message, Part, Text
 from ..results import Description
-from ..timefmt import clock
+from ..timefmt import clock, require_start_before_end
 
 if TYPE_CHECKING:
     import numpy as np
@@ -82,6 +82,12 @@ class Timeline:
     def saved_tokens(self, frame_tokens: int) -> int:
         empty = sum(1 for u in self.units if u.frame is None and u.audio is None)
         return self.frames_dropped * frame_tokens + self.audio_seconds_silent * 25 + empty * TEXT_TOKENS_PER_UNIT
+
+
+def _check_start(source: Source, options: VideoOptions) -> None:
+    info = source.info
+    if source.kind == "video" and info is not None:
+        require_start_before_end(source.name, "video", options.start_ms, info.video_duration_ms or info.duration_ms)
 
 
 def build_timeline(source: Source, options: VideoOptions) -> Timeline:
@@ -154,6 +160,10 @@ def build_timeline(source: Source, options: VideoOptions) -> Timeline:
             piece = pending[max(0, a - pending_at):max(0, b - pending_at)]
             if piece.size:
                 take(times[j], piece)
+    if not units and options.start_ms:  # a pipe: its length was not known before decoding
+        from ..errors import BadInput
+
+        raise BadInput(source.name, f"has no video after {options.start_ms} ms (the start is past the end)")
     tl.units = [units[t] for t in sorted(units)]
     return tl
 
@@ -271,6 +281,7 @@ def video(source: Source, engine_for: Callable[[int], Engine], options: VideoOpt
           on_progress: Callable[[float], None] | None = None) -> Description:
     t0 = time.perf_counter()
     engine: Engine | None = None
+    _check_start(source, options)  # before any cache or model: the rule transcribe follows
     saved = _saved_skeleton(source, options)
     if saved is not None:
         engine = engine_for(n_ctx)
