@@ -51,13 +51,14 @@ def command(
     from gemmapipe.core.config import xdg_dir
     from gemmapipe.core.media.source import open_input
     from gemmapipe.core.sink import open_sink
+    from gemmapipe.core.statecache import StateCache
     from gemmapipe.core.tasks.video import DEFAULT_PROMPT, VideoOptions, video
     from gemmapipe.core.writers import get_description_writer
 
     runner.model_pair()  # a missing or wrong model fails before any decoding (exit 4)
     options = VideoOptions(prompt=prompt or DEFAULT_PROMPT, fps=fps, frame_tokens=frame_tokens, start_ms=start_ms,
                            end_ms=end_ms, max_frames=max_frames, audio=not no_audio, dedupe=not no_dedupe,
-                           cache_dir=None if no_cache else xdg_dir("cache") / "states",
+                           cache=None if no_cache else StateCache(xdg_dir("cache") / "states", warn=runner.warn),
                            generate=runner.generate_options(768))
     n_ctx = common.ctx_size or 16384
 
