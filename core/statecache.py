@@ -36,7 +36,7 @@ import stat
 import struct
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,7 +104,7 @@ class StateCache:
 
     # --- reporting ------------------------------------------------------------------------------
     def warn(self, message: str) -> None:
-        """One line per run: after the first problem the cache is off, and later ones would repeat it."""
+        """One line per run: a later problem in the same run (a rebuild that fails too) adds nothing."""
         if self.warnings:
             return
         self.warnings.append(message)
@@ -287,26 +287,6 @@ def _stale_temp(p: Path, mtime: float, now: float) -> bool:
 def _unlink(p: Path) -> None:
     with contextlib.suppress(OSError):
         p.unlink()
-
-
-def json_ints(value: Any, what: str) -> list[int]:
-    """`value` as a list of ints (bools refused), or CacheEntryError naming `what`."""
-    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise CacheEntryError(f"{what} is not a list of integers")
-    return value
-
-
-def require(info: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
-    """`info[name]`, which must be of `kind` (bool is never an int here), or CacheEntryError."""
-    if name not in info:
-        raise CacheEntryError(f"its header lacks {name!r}")
-    value = info[name]
-    kinds: Iterable[type] = kind if isinstance(kind, tuple) else (kind,)
-    if isinstance(value, bool) and bool not in kinds:
-        raise CacheEntryError(f"{name!r} has the wrong type")
-    if not isinstance(value, kind):
-        raise CacheEntryError(f"{name!r} has the wrong type")
-    return value
 
 
 __all__ = ["DEFAULT_CAP", "CacheEntryError", "Entry", "Key", "StateCache", "file_identity", "make_key"]
