@@ -9,7 +9,7 @@ It does what the `gemmapipe` console script does (`gemmapipe.cli.app.run(ARGS)`)
   sampling, media encoding and evaluation, KV state get/set. Their time is the *model's own* time;
   everything else is gemmapipe (and Python).
 - `LocalEngine.__init__`, `generate` (time of the call, of the first text piece handed to the
-  caller, and the engine's own stats), `save_state`/`load_state`.
+  caller, and the engine's own stats), `prefill`, `save_state`/`load_state`.
 
 All times are CLOCK_MONOTONIC, which is shared by every process on Linux, so the parent's launch
 instant (GEMMAPIPE_BENCH_T0) and this process's instants are on one clock. Only the wrapper's
@@ -110,7 +110,7 @@ def install() -> None:
 
     cls = local.LocalEngine
     orig_init, orig_generate, orig_cached = cls.__init__, cls.generate, cls.generate_cached
-    orig_save, orig_load = cls.save_state, cls.load_state
+    orig_save, orig_load, orig_prefill = cls.save_state, cls.load_state, cls.prefill
 
     def init(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         t, n0 = now(), REC.native_load
@@ -151,21 +151,32 @@ def install() -> None:
 
     def save_state(self):  # type: ignore[no-untyped-def]
         t = now()
-        blob = orig_save(self)
-        REC.states.append({"op": "save", "start": t, "end": now(), "bytes": len(blob)})
-        return blob
+        state = orig_save(self)
+        REC.states.append({"op": "save", "start": t, "end": now(), "bytes": len(state.kv)})
+        return state
 
-    def load_state(self, blob):  # type: ignore[no-untyped-def]
+    def load_state(self, state):  # type: ignore[no-untyped-def]
         t = now()
-        ok = orig_load(self, blob)
-        REC.states.append({"op": "load", "start": t, "end": now(), "bytes": len(blob), "ok": bool(ok)})
-        return ok
+        ok = False
+        try:
+            orig_load(self, state)
+            ok = True
+        finally:
+            REC.states.append({"op": "load", "start": t, "end": now(), "bytes": len(state.kv), "ok": ok})
+
+    def prefill(self, messages, options):  # type: ignore[no-untyped-def]
+        t = now()
+        n = orig_prefill(self, messages, options)
+        REC.states.append({"op": "prefill", "start": t, "end": now(), "bytes": 0, "tokens": n,
+                           "prefill_s": self.stats.prefill_s if n is not None else 0.0,
+                           "evaluated": self.stats.prompt_evaluated if n is not None else 0})
+        return n
 
     def generate_cached(self, messages, options):  # type: ignore[no-untyped-def]
         return generate(self, messages, options, orig=orig_cached)
 
     cls.__init__, cls.generate, cls.save_state, cls.load_state = init, generate, save_state, load_state
-    cls.generate_cached = generate_cached
+    cls.generate_cached, cls.prefill = generate_cached, prefill
 
 
 def main() -> int:

@@ -22,6 +22,7 @@ def repl(convo: Any, engine_for: Any, options: Any, parts: list[Any], specs: lis
     from rich.markdown import Markdown
     from rich.markup import escape
 
+    from gemmapipe.core.engine.base import StatefulEngine
     from gemmapipe.core.errors import GemmapipeError
     from gemmapipe.core.tasks.chat import attachment_parts
 
@@ -57,7 +58,7 @@ def repl(convo: Any, engine_for: Any, options: Any, parts: list[Any], specs: lis
                     break
                 if cmd == "/reset":
                     convo.reset()
-                    if hasattr(engine, "reset"):
+                    if isinstance(engine, StatefulEngine):
                         engine.reset()
                     err.print("[dim]conversation cleared[/dim]")
                 elif cmd == "/attach" and arg:

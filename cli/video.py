@@ -50,8 +50,10 @@ def command(
                              frame_tokens=frame_tokens, start_ms=start_ms, end_ms=end_ms, max_frames=max_frames)
 
     from gemmapipe.core.config import xdg_dir
+    from gemmapipe.core.engine.base import Engine
     from gemmapipe.core.media.source import open_input
     from gemmapipe.core.sink import open_sink
+    from gemmapipe.core.statecache import StateCache
     from gemmapipe.core.tasks.video import DEFAULT_PROMPT, VideoOptions, video
     from gemmapipe.core.writers import get_description_writer
 
@@ -61,11 +63,11 @@ def command(
     runner.model_pair()  # a missing or wrong model fails before any decoding (exit 4)
     options = VideoOptions(prompt=prompt or DEFAULT_PROMPT, fps=fps, frame_tokens=frame_tokens, start_ms=start_ms,
                            end_ms=end_ms, max_frames=max_frames, audio=not no_audio, dedupe=not no_dedupe,
-                           cache_dir=None if no_cache else xdg_dir("cache") / "states",
+                           cache=None if no_cache else StateCache(xdg_dir("cache") / "states", warn=runner.warn),
                            generate=runner.generate_options(768))
     n_ctx = common.ctx_size or 16384
 
-    def engine_for(ctx: int) -> object:
+    def engine_for(ctx: int) -> Engine:
         # min 1: the media layer already sized each frame for mtmd to keep as is
         return runner.engine(n_ctx=ctx, image_tokens=(1, frame_tokens))
 
@@ -73,7 +75,7 @@ def command(
         with open_input(input, warn=runner.warn) as src:
             src.require("video")
             with runner.progress(src.name, 1.0) as advance:
-                result = video(src, engine_for, options, n_ctx, on_progress=advance)  # type: ignore[arg-type]
+                result = video(src, engine_for, options, n_ctx, on_progress=advance)
         runner.info(f"{result.meta.get('tokens_saved', 0)} tokens saved by skipping repeated frames and silence")
         with open_sink(common.output) as out:
             writer = get_description_writer(fmt, out)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from .parts import Message
+from .parts import CachedMessage, Message
 
 
 @dataclass
@@ -45,9 +45,20 @@ class GenerateOptions:
     think: bool = False
     on_thought: Callable[[str], None] | None = None  # thinking text goes here, never to the answer
     add_generation_prompt: bool = True
-    # Called once the last media chunk is in the KV cache and before the text after it: the moment
-    # to save a state that any later question about the same media can resume from by appending.
-    on_media_evaluated: Callable[[], None] | None = None
+
+
+@dataclass
+class EngineState:
+    """What an engine saves of itself for a later process: llama.cpp's own state of the sequence
+    (opaque bytes, checked by llama.cpp when loaded) and plain-data bookkeeping that JSON can carry.
+    Nothing in it is code: a state read from disk can be wrong, never dangerous."""
+
+    kv: memoryview
+    info: dict[str, Any]
+
+
+class StateError(ValueError):
+    """A saved state that does not fit this engine (malformed bookkeeping, refused by llama.cpp)."""
 
 
 @dataclass
@@ -130,20 +141,28 @@ class AppliesTemplate(Protocol):
 
 
 @runtime_checkable
-class KeepsState(Protocol):
-    """An engine whose KV cache outlives a request: it can be cleared, saved and restored."""
+class StatefulEngine(Engine, Protocol):
+    """An engine whose prefilled state can be saved and resumed by a later process (the local one)."""
 
-    def reset(self) -> None:
-        """Forget everything in the KV cache."""
+    def prefill(self, messages: list[Message], options: GenerateOptions) -> int | None:
+        """Evaluate the prompt up to the end of its last media; None when there is nothing to share."""
         ...
 
-    def save_state(self) -> bytes:
-        """The KV cache and what it holds, as bytes `load_state` takes back."""
+    def save_state(self) -> EngineState: ...
+
+    def load_state(self, state: EngineState) -> None:
+        """Restore a saved state, or StateError (with the KV cache left empty)."""
         ...
 
-    def load_state(self, blob: bytes) -> bool:
-        """Restore a saved state; False (and a clean engine) when it does not fit this engine."""
+    def generate_cached(self, messages: list[CachedMessage], options: GenerateOptions) -> Iterator[str] | None:
+        """`generate` after `load_state`, the media as placeholders; None when the state does not fit."""
         ...
+
+    def state_setup(self) -> dict[str, Any]:
+        """What a saved state depends on besides the prompt (for the cache key)."""
+        ...
+
+    def reset(self) -> None: ...
 
 
 def is_templated(engine: Engine) -> bool:

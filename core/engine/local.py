@@ -16,7 +16,7 @@ import ctypes
 import hashlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,9 +24,9 @@ from .. import interrupt
 from ..cpus import usable_cpus
 from ..errors import ContextOverflow, GemmapipeError, ModelError
 from ..model import AUDIO, VISION, ModelPair
-from .base import EngineConfig, EngineInfo, EngineStats, GenerateOptions, TokenCount
+from .base import EngineConfig, EngineInfo, EngineState, EngineStats, GenerateOptions, StateError, TokenCount
 from .native import bindings, quiet_native_logs
-from .parts import Audio, Image, Message, Text
+from .parts import Audio, CachedMessage, Image, Message, Placeholder, Text
 from .template import render_prompt
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ class _Prepared:
     kinds: list[str]
     n_tokens: list[int]
     bitmaps: list[Any]
-    stand_ins: bool = False  # media parts are placeholders for chunks already in the KV cache
+    text: str = ""  # the rendered prompt, media as markers
 
     @property
     def total(self) -> int:
@@ -169,6 +169,9 @@ class LocalEngine:
         self._suppress = [int(t) for t in suppress if 0 <= int(t) < self.n_vocab]
         self._cached: list[tuple[Any, ...]] = []  # signatures of what sits in the KV cache, in order
         self._n_past = 0
+        # SHA-256 of the prompt text up to its last media marker when the KV cache holds exactly a
+        # `prefill` of it (what `generate_cached` needs to trust a restored state); else None.
+        self._prefix_sha: str | None = None
         self._batch = L.llama_batch_init(self.n_batch, 0, 1)
 
     # --- vocabulary helpers -------------------------------------------------------------------
@@ -203,18 +206,19 @@ class LocalEngine:
         return buf.raw[:n]
 
     # --- prompt preparation -------------------------------------------------------------------
-    def _render(self, messages: list[Message], options: GenerateOptions) -> tuple[str, list[Image | Audio]]:
-        media: list[Image | Audio] = []
+    def _render(self, messages: Sequence[Message | CachedMessage],
+                options: GenerateOptions) -> tuple[str, list[Image | Audio | Placeholder]]:
+        media: list[Image | Audio | Placeholder] = []
         for msg in messages:
             for part in msg.parts:
-                if isinstance(part, Image):
-                    if not self.supports[VISION]:
-                        raise ModelError("projector", "this model has no vision encoder", "use a vision mmproj")
-                    media.append(part)
-                elif isinstance(part, Audio):
-                    if not self.supports[AUDIO]:
-                        raise ModelError("projector", "this model has no audio encoder", "use an audio mmproj")
-                    media.append(part)
+                if isinstance(part, Text):
+                    continue
+                kind = part.kind if isinstance(part, Placeholder) else "image" if isinstance(part, Image) else "audio"
+                if kind == "image" and not self.supports[VISION]:
+                    raise ModelError("projector", "this model has no vision encoder", "use a vision mmproj")
+                if kind == "audio" and not self.supports[AUDIO]:
+                    raise ModelError("projector", "this model has no audio encoder", "use an audio mmproj")
+                media.append(part)
         text = render_prompt(messages, template=self.template, marker=self.marker, bos_text=self.bos_text,
                              add_generation_prompt=options.add_generation_prompt, enable_thinking=options.think)
         return text, media
@@ -243,8 +247,11 @@ class LocalEngine:
         text, media = self._render(messages, options)
         if self._mtmd is None:
             tokens = self.tokenize(text, add_special=self.add_bos, parse_special=True)
-            return _Prepared(None, [("text", *tokens)], ["text"], [len(tokens)], [])
-        bitmaps = [self._bitmap(p) for p in media]
+            return _Prepared(None, [("text", *tokens)], ["text"], [len(tokens)], [], text)
+        bitmaps = [self._bitmap(p) for p in media if not isinstance(p, Placeholder)]
+        if len(bitmaps) != len(media):
+            self._free_bitmaps(bitmaps)
+            raise GemmapipeError("prompt", "a media placeholder outside a restored state")
         chunks = M.mtmd_input_chunks_init()
         inp = M.mtmd_input_text()
         data = text.encode()
@@ -272,14 +279,14 @@ class LocalEngine:
                 sigs.append(("text", *ptr[: n_tok.value]))
                 kinds.append("text")
             else:
-                cid = M.mtmd_input_chunk_get_id(chunk) or b""
-                sigs.append(("media", kind, cid, n))
+                cid = (M.mtmd_input_chunk_get_id(chunk) or b"").decode("ascii", "replace")
+                sigs.append(("media", int(kind), cid, int(n)))
                 kinds.append("image" if kind == CHUNK_IMAGE else "audio")
             counts.append(int(n))
         del L
         if self._foreign_wrappers:
             self._strip_wrappers(sigs, kinds, counts)
-        return _Prepared(chunks, sigs, kinds, counts, bitmaps)
+        return _Prepared(chunks, sigs, kinds, counts, bitmaps, text)
 
     def _strip_wrappers(self, sigs: list[tuple[Any, ...]], kinds: list[str], counts: list[int]) -> None:
         """mtmd tokenizes each wrapper on its own and appends it to the neighbouring text chunk, so it
@@ -399,10 +406,13 @@ class LocalEngine:
             pos += len(part)
         return pos
 
-    def _evaluate(self, prep: _Prepared, on_media_evaluated: Any = None) -> None:
+    def _evaluate(self, prep: _Prepared, *, logits: bool = True) -> None:
+        """Bring the KV cache to exactly `prep`, evaluating what it does not hold yet; `logits`: ask
+        for the last position's logits (to sample from), as a prompt needs and a prefill does not."""
         M = self._M
+        self._prefix_sha = None
         keep_tokens = self._reuse_prefix(prep.sigs)
-        if keep_tokens >= prep.total:  # identical prompt: re-evaluate the last token for logits
+        if logits and keep_tokens >= prep.total:  # identical prompt: re-evaluate the last token for logits
             keep_tokens = prep.total - 1
         keep_tokens = _media_boundary(prep, keep_tokens)
         actual = self._trim_cache(keep_tokens)
@@ -411,9 +421,8 @@ class LocalEngine:
         n_past = keep_tokens
         evaluated = 0
         pos_in_chunks = 0
-        last_index = max(i for i, n in enumerate(prep.n_tokens) if n > 0)  # stripped wrappers can empty a chunk
-        media = [i for i, k in enumerate(prep.kinds) if k != "text"]
-        last_media = media[-1] if media else -1
+        # stripped wrappers can empty a chunk
+        last_index = max((i for i, n in enumerate(prep.n_tokens) if n > 0), default=-1) if logits else -1
         for i, sig in enumerate(prep.sigs):
             n = prep.n_tokens[i]
             chunk_start = pos_in_chunks
@@ -421,8 +430,6 @@ class LocalEngine:
             if pos_in_chunks <= keep_tokens:
                 continue
             last = i == last_index
-            if prep.stand_ins and sig[0] != "text":
-                raise GemmapipeError("cache", "the restored state does not hold the media this prompt needs")
             if sig[0] == "text":
                 skip = max(0, keep_tokens - chunk_start)
                 toks = list(sig[1 + skip :])
@@ -441,9 +448,6 @@ class LocalEngine:
                     raise GemmapipeError("media", f"evaluating a {prep.kinds[i]} chunk failed (code {rc})")
                 n_past = new_n_past.value
                 evaluated += n
-                if i == last_media and on_media_evaluated is not None:
-                    self._n_past, self._cached = n_past, list(prep.sigs[: i + 1])
-                    on_media_evaluated()
         self._n_past = n_past
         self._cached = list(prep.sigs)
         self.stats.prompt_tokens = prep.total
@@ -515,32 +519,60 @@ class LocalEngine:
     def generate(self, messages: list[Message], options: GenerateOptions) -> Iterator[str]:
         return self._generate_prepared(self._prepare(messages, options), options)
 
-    def generate_cached(self, messages: list[Message], options: GenerateOptions) -> Iterator[str] | None:
-        """`generate` for a prompt whose media all sit in the KV cache already (a restored state), so
-        the media need not be decoded again: the image/audio parts given are stand-ins of the same kinds
-        (their content is never evaluated) and the cached chunks' signatures and sizes replace theirs.
-        None, with nothing evaluated, unless every chunk up to the prompt's last media matches the
-        cache (same text, same kind of media)."""
+    def prefill(self, messages: list[Message], options: GenerateOptions) -> int | None:
+        """Evaluate the part of this prompt that any other question about the same media shares:
+        everything up to its last media and the tokens that close that media, nothing after. Then
+        `save_state` holds what `generate_cached` can resume from. Returns how many tokens the KV
+        cache holds; None, with nothing evaluated, when the prompt has no media or its text after the
+        last media does not tokenize on its own."""
         prep = self._prepare(messages, options)
-        media = [i for i, k in enumerate(prep.kinds) if k != "text"]
-        ok = bool(media) and len(self._cached) > media[-1]
-        for i in range(media[-1] + 1 if ok else 0):
-            old, new = self._cached[i], prep.sigs[i]
-            if new[0] == "text":
-                ok = old == new
-            else:
-                ok = old[0] == "media" and old[1] == new[1]
-                if ok:
-                    prep.sigs[i], prep.n_tokens[i] = old, int(old[3])
-            if not ok:
-                break
-        if ok:
-            covered = sum(prep.n_tokens[: media[-1] + 1])
-            ok = self._reuse_prefix(prep.sigs) >= covered and self._n_past >= covered
-        if not ok:
+        try:
+            media = [i for i, k in enumerate(prep.kinds) if k != "text"]
+            cut = _after_last_marker(prep.text, self.marker, len(media))
+            if not media or cut is None:
+                return None
+            last = media[-1]
+            tail = self.tokenize(prep.text[cut:], add_special=False, parse_special=True)
+            after = list(prep.sigs[last + 1][1:]) if last + 1 < len(prep.sigs) else []
+            if len(tail) > len(after) or after[len(after) - len(tail):] != tail:
+                return None  # the question's tokens run into the media's closing ones: nothing to share
+            lead = after[: len(after) - len(tail)]  # the media's closing tokens
+            sigs = [*prep.sigs[: last + 1], *([("text", *lead)] if lead else [])]
+            counts = [*prep.n_tokens[: last + 1], *([len(lead)] if lead else [])]
+            shared = _Prepared(prep.chunks, sigs, prep.kinds[: len(sigs)], counts, [], prep.text[:cut])
+            if shared.total + 1 > self.n_ctx:
+                raise ContextOverflow("prompt", shared.total + 1, self.n_ctx)
+            t0 = time.perf_counter()
+            self._evaluate(shared, logits=False)
+            self.stats.prefill_s = time.perf_counter() - t0
+            self._prefix_sha = _sha(shared.text)
+            return self._n_past
+        finally:
             self._release(prep)
+
+    def generate_cached(self, messages: list[CachedMessage], options: GenerateOptions) -> Iterator[str] | None:
+        """`generate` for a prompt whose media are all in a state restored by `load_state` (saved
+        after `prefill`): the media are placeholders, and only the text after the last one is
+        evaluated. None, with nothing evaluated, unless the prompt up to its last placeholder is
+        exactly the one prefilled (same text, same kinds of media in the same places)."""
+        text, media = self._render(messages, options)
+        cut = _after_last_marker(text, self.marker, len(media))
+        held = [("image" if s[1] == CHUNK_IMAGE else "audio") for s in self._cached if s[0] == "media"]
+        if (cut is None or not media or self._prefix_sha is None or _sha(text[:cut]) != self._prefix_sha
+                or [getattr(p, "kind", None) for p in media] != held):
             return None
-        prep.stand_ins = True
+        tail = self.tokenize(text[cut:], add_special=False, parse_special=True)
+        if not tail:
+            return None  # a prompt ending on its media needs the media's logits, which a state lacks
+        sigs = list(self._cached)
+        if sigs and sigs[-1][0] == "text":  # the media's closing tokens: one text chunk with the tail
+            sigs[-1] = (*sigs[-1], *tail)
+        else:
+            sigs.append(("text", *tail))
+        prep = _Prepared(None, sigs, ["text" if s[0] == "text" else "media" for s in sigs],
+                         [_sig_tokens(s) for s in sigs], [], text)
+        if self._reuse_prefix(sigs) < self._n_past:
+            return None
         return self._generate_prepared(prep, options)
 
     def _generate_prepared(self, prep: _Prepared, options: GenerateOptions) -> Iterator[str]:
@@ -554,7 +586,7 @@ class LocalEngine:
             interrupt.stage("prefill")
             self._L.llama_set_abort_callback(self._ctx, self._abort, None)
             try:
-                self._evaluate(prep, options.on_media_evaluated)
+                self._evaluate(prep)
             except KeyboardInterrupt:
                 self.reset()  # a prefill stopped midway leaves the KV cache unknown: start clean next time
                 raise
@@ -625,34 +657,73 @@ class LocalEngine:
     # --- state ----------------------------------------------------------------------------------
     def reset(self) -> None:
         self._L.llama_memory_clear(self._mem, True)
-        self._cached, self._n_past = [], 0
+        self._cached, self._n_past, self._prefix_sha = [], 0, None
 
-    def save_state(self) -> bytes:
-        """The KV cache of the sequence plus our bookkeeping, for a later process to resume."""
-        import pickle
-
+    def save_state(self) -> EngineState:
+        """The KV cache of the sequence (llama.cpp's bytes) plus our bookkeeping, as plain data."""
         L = self._L
         size = L.llama_state_seq_get_size(self._ctx, 0)
-        buf = (ctypes.c_uint8 * size)()
-        n = L.llama_state_seq_get_data(self._ctx, buf, size, 0)
-        return pickle.dumps({"kv": bytes(buf[:n]), "cached": self._cached, "n_past": self._n_past})
+        data = bytearray(size)
+        n = L.llama_state_seq_get_data(self._ctx, (ctypes.c_uint8 * size).from_buffer(data), size, 0)
+        info = {"n_past": self._n_past, "chunks": [list(s) for s in self._cached], "prefix_sha256": self._prefix_sha}
+        return EngineState(memoryview(data)[:n], info)
 
-    def load_state(self, blob: bytes) -> bool:
-        import pickle
-
+    def load_state(self, state: EngineState) -> None:
+        """Restore a state saved by `save_state` (of this model and setup); StateError, with the KV
+        cache left empty, when it does not fit."""
+        sigs, n_past, prefix = self._read_state_info(state.info)
+        kv = state.kv
+        if len(kv) == 0:
+            raise StateError("the saved state is empty")
+        if kv.readonly:
+            buf: Any = (ctypes.c_uint8 * len(kv)).from_buffer_copy(kv)
+        else:
+            buf = (ctypes.c_uint8 * len(kv)).from_buffer(kv)
         L = self._L
-        try:
-            state = pickle.loads(blob)
-            kv = state["kv"]
-            buf = (ctypes.c_uint8 * len(kv)).from_buffer_copy(kv)
-        except Exception:
-            return False
         self.reset()
         if L.llama_state_seq_set_data(self._ctx, buf, len(kv), 0) == 0:
             self.reset()
-            return False
-        self._cached, self._n_past = state["cached"], int(state["n_past"])
-        return True
+            raise StateError("llama.cpp refused the saved state (another model, setup or llama.cpp version)")
+        if L.llama_memory_seq_pos_max(self._mem, 0) + 1 != n_past:
+            self.reset()
+            raise StateError("the saved state holds another number of positions than its bookkeeping says")
+        self._cached, self._n_past, self._prefix_sha = sigs, n_past, prefix
+
+    def _read_state_info(self, info: Any) -> tuple[list[tuple[Any, ...]], int, str | None]:
+        """The bookkeeping of a saved state, checked for shape (it comes from disk)."""
+        if not isinstance(info, dict):
+            raise StateError("the saved state's bookkeeping is not a mapping")
+        for name in ("n_past", "chunks", "prefix_sha256"):
+            if name not in info:
+                raise StateError(f"the saved state's bookkeeping lacks {name!r}")
+        n_past, chunks, prefix = info["n_past"], info["chunks"], info["prefix_sha256"]
+        if not _is_int(n_past) or not 0 < n_past <= self.n_ctx:
+            raise StateError("the saved state's 'n_past' is not a position in this context")
+        if prefix is not None and not isinstance(prefix, str):
+            raise StateError("the saved state's 'prefix_sha256' has the wrong type")
+        if not isinstance(chunks, list):
+            raise StateError("the saved state's 'chunks' has the wrong type")
+        sigs: list[tuple[Any, ...]] = []
+        for c in chunks:
+            if not (_is_text_sig(c) or _is_media_sig(c)):
+                raise StateError("the saved state's 'chunks' has an entry of the wrong shape")
+            sigs.append(tuple(c))
+        if sum(_sig_tokens(s) for s in sigs) != n_past:
+            raise StateError("the saved state's chunks do not add up to its 'n_past'")
+        return sigs, n_past, prefix
+
+    def state_setup(self) -> dict[str, Any]:
+        """What a saved state depends on besides the prompt: files, context and KV-cache layout."""
+        import llama_cpp
+
+        from ..statecache import file_identity
+
+        c = self.config
+        return {"model": file_identity(c.model), "mmproj": file_identity(self.pair.mmproj.path if self.pair.mmproj
+                                                                         else None),
+                "n_ctx": self.n_ctx, "cache_type": c.cache_type, "flash_attn": c.flash_attn, "swa_full": c.swa_full,
+                "no_template": c.no_template, "image_tokens": [c.image_min_tokens, c.image_max_tokens],
+                "llama_cpp": getattr(llama_cpp, "__version__", "")}
 
     @property
     def templated(self) -> bool:
@@ -708,6 +779,31 @@ def _media_boundary(prep: _Prepared, keep: int) -> int:
 
 def _sig_tokens(sig: tuple[Any, ...]) -> int:
     return int(sig[3]) if sig[0] == "media" else len(sig) - 1
+
+
+def _after_last_marker(text: str, marker: str, n_media: int) -> int | None:
+    """Where the text after the last of `n_media` media markers begins; None when the text holds
+    another number of markers (a marker typed in the question, say)."""
+    if n_media == 0 or text.count(marker) != n_media:
+        return None
+    return text.rindex(marker) + len(marker)
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_text_sig(c: Any) -> bool:
+    return isinstance(c, list) and bool(c) and c[0] == "text" and all(_is_int(t) for t in c[1:])
+
+
+def _is_media_sig(c: Any) -> bool:
+    return (isinstance(c, list) and len(c) == 4 and c[0] == "media" and c[1] in (CHUNK_IMAGE, CHUNK_AUDIO)
+            and isinstance(c[2], str) and _is_int(c[3]) and c[3] > 0)
 
 
 def _content_id(arr: np.ndarray) -> str:

@@ -32,6 +32,22 @@ Part = Text | Image | Audio
 Role = Literal["system", "user", "assistant"]
 
 
+@dataclass(frozen=True)
+class Placeholder:
+    """Where an image or audio part went in a prompt whose media already sit in the engine's KV
+    cache (a restored state): rendered as the media marker, never decoded, hashed or evaluated."""
+
+    kind: Literal["image", "audio"]
+
+
+@dataclass
+class CachedMessage:
+    """A message for `generate_cached`: its media are placeholders for media already evaluated."""
+
+    role: Role
+    parts: list[Text | Placeholder] = field(default_factory=list)
+
+
 @dataclass
 class Message:
     role: Role

@@ -3,20 +3,21 @@ does). Media become the mtmd marker; libmtmd wraps them in the model's own media
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
 from ..errors import ModelError
-from .parts import Audio, Image, Message, Text
+from .parts import Audio, CachedMessage, Image, Message, Placeholder, Text
 
 
-def _content(msg: Message, marker: str) -> str:
+def _content(msg: Message | CachedMessage, marker: str) -> str:
     out = []
     for part in msg.parts:
         if isinstance(part, Text):
             out.append(part.text)
-        elif isinstance(part, Image | Audio):
+        elif isinstance(part, Image | Audio | Placeholder):
             out.append(marker)
     return "".join(out)
 
@@ -37,7 +38,7 @@ def _compile(source: str) -> Any:
         raise ModelError("chat template", f"the GGUF's template does not compile: {exc}") from None
 
 
-def render_prompt(messages: list[Message], *, template: str | None, marker: str, bos_text: str,
+def render_prompt(messages: Sequence[Message | CachedMessage], *, template: str | None, marker: str, bos_text: str,
                   add_generation_prompt: bool = True, enable_thinking: bool = False) -> str:
     """Prompt text without the leading BOS (the tokenizer adds it when the model asks for one).
 

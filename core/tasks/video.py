@@ -12,17 +12,15 @@ answers, labelled with their absolute time ranges, are combined in a final pass 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from ..engine.base import Engine, GenerateOptions
-from ..engine.parts import Audio, Image, Message, Part, Text
+from ..engine.base import Engine, EngineState, GenerateOptions, StateError, StatefulEngine
+from ..engine.parts import Audio, CachedMessage, Image, Message, Part, Placeholder, Text
 from ..results import Description
+from ..statecache import CacheEntryError, Key, StateCache, make_key
 from ..timefmt import clock, require_start_before_end
 
 if TYPE_CHECKING:
@@ -30,12 +28,15 @@ if TYPE_CHECKING:
 
     from ..media.source import Source
 
+T = TypeVar("T")
+
 SAMPLE_RATE = 16000
 DEFAULT_PROMPT = "Describe what happens in this video, citing times as [mm:ss]."
 TEXT_TOKENS_PER_UNIT = 8  # "[mm:ss] " and separators, measured on Gemma's tokenizer (~6-8)
 DUP_THRESHOLD = 2.0  # mean absolute difference (0-255) under which a frame repeats the last kept one
 SILENCE_RMS = 10 ** (-50 / 20)  # -50 dBFS
-MAX_SKELETONS = 1000  # saved timeline skeletons kept beside the prefilled states (a few kB each)
+# Part of the state cache's key: bump when the text `_layout` puts around the media changes.
+PROMPT_LAYOUT = 1
 
 
 @dataclass
@@ -48,7 +49,7 @@ class VideoOptions:
     max_frames: int | None = None
     audio: bool = True
     dedupe: bool = True
-    cache_dir: Path | None = None  # None: no prefill cache
+    cache: StateCache | None = None  # None: no prefill cache
     generate: GenerateOptions = field(default_factory=lambda: GenerateOptions(max_tokens=768))
 
 
@@ -168,18 +169,24 @@ def build_timeline(source: Source, options: VideoOptions) -> Timeline:
     return tl
 
 
-def unit_parts(units: list[Unit]) -> list[Part]:
-    parts: list[Part] = []
-    for u in units:
-        if u.frame is None and u.audio is None:
+def _layout(rows: Iterable[tuple[int, T | None, T | None]]) -> list[Text | T]:
+    """The prompt around each second's media: `[mm:ss] <image> <audio>` and a newline."""
+    parts: list[Text | T] = []
+    for t_ms, image, audio in rows:
+        if image is None and audio is None:
             continue  # a repeated frame over silence: the previous label still covers it
-        parts.append(Text(f"[{clock(u.t_ms)}] "))
-        if u.frame is not None:
-            parts.append(Image(u.frame))
-        if u.audio is not None:
-            parts.append(Audio(u.audio))
+        parts.append(Text(f"[{clock(t_ms)}] "))
+        if image is not None:
+            parts.append(image)
+        if audio is not None:
+            parts.append(audio)
         parts.append(Text("\n"))
     return parts
+
+
+def unit_parts(units: list[Unit]) -> list[Part]:
+    return cast(list[Part], _layout((u.t_ms, Image(u.frame) if u.frame is not None else None,
+                                     Audio(u.audio) if u.audio is not None else None) for u in units))
 
 
 def split_windows(units: list[Unit], budget: int, frame_tokens: int) -> list[list[Unit]]:
@@ -202,90 +209,93 @@ def _timeline_options(options: VideoOptions) -> dict[str, Any]:
             "dedupe": options.dedupe}
 
 
-def cache_key(source: Source, engine: Engine, options: VideoOptions) -> str:
-    desc = engine.describe()
-    h = hashlib.sha256()
-    h.update(json.dumps({"model": desc.model, "mmproj": desc.mmproj, "n_ctx": desc.n_ctx,
-                         **_timeline_options(options)}, sort_keys=True).encode())
-    for p in (desc.model, desc.mmproj):
-        if p:
-            st = Path(p).stat()
-            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
-    h.update(source.sha256().encode())
-    return h.hexdigest()[:32]
-
-
 def _generate(engine: Engine, messages: list[Message], gen: GenerateOptions) -> str:
     return "".join(engine.generate(messages, gen)).strip()
 
 
+# --- the prefilled-state cache --------------------------------------------------------------------
+# What is saved: the KV cache right after the last media of the single-window prompt (engine.prefill),
+# the timeline's skeleton (each kept second's time and which media it has: enough to lay the prompt's
+# text out again) and the metadata of the run that saved it. A follow-up question on the same video
+# restores the state and evaluates only its own text: the video is not decoded again.
+
+def _content(source: Source, options: VideoOptions) -> dict[str, Any]:
+    """What a saved prefill depends on besides the model: the file and how its timeline is laid out."""
+    return {"task": "video", "layout": PROMPT_LAYOUT, "source": source.sha256(), **_timeline_options(options)}
+
+
 def _skeleton(tl: Timeline) -> list[list[int]]:
-    """What the prompt's text depends on: each unit's time and which media it has."""
     return [[u.t_ms, int(u.frame is not None), int(u.audio is not None)] for u in tl.units]
 
 
-def skeleton_key(source: Source, options: VideoOptions) -> str:
-    """Names the saved skeleton of a video's timeline: the file and the options that shape the timeline
-    (not the model: a bad video should fail before any model is loaded, so this is looked up first)."""
-    h = hashlib.sha256()
-    h.update(json.dumps(_timeline_options(options), sort_keys=True).encode())
-    h.update(source.sha256().encode())
-    return "timeline-" + h.hexdigest()[:32]
+def _read_skeleton(info: dict[str, Any]) -> list[tuple[int, bool, bool]]:
+    rows = info.get("units")
+    if rows is None:
+        raise CacheEntryError("its header lacks 'units'")
+    if not isinstance(rows, list) or not all(
+            isinstance(r, list) and len(r) == 3 and all(type(v) is int and v >= 0 for v in r) for r in rows):
+        raise CacheEntryError("its 'units' have the wrong type")
+    return [(r[0], bool(r[1]), bool(r[2])) for r in rows]
 
 
-def _saved_skeleton(source: Source, options: VideoOptions) -> dict[str, Any] | None:
-    if options.cache_dir is None:
-        return None
-    try:
-        saved: dict[str, Any] = json.loads((options.cache_dir / f"{skeleton_key(source, options)}.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return saved if isinstance(saved, dict) else None
-
-
-def _answer_from_state(source: Source, engine: Engine, options: VideoOptions, saved: dict[str, Any],
+def _answer_from_cache(source: Source, engine: Engine, options: VideoOptions, n_ctx: int,
                        t0: float) -> Description | None:
-    """A follow-up on a video whose prefilled state was saved: the timeline's skeleton, saved with the
-    state, rebuilds the prompt's text around stand-in media (the state already holds the real ones),
-    so the video is not decoded again.  None when the saved state does not fit this engine."""
-    import numpy as np
-
-    if options.cache_dir is None or not hasattr(engine, "generate_cached"):
+    """A follow-up on a video whose prefilled state was saved: restore it, lay the prompt's text out
+    again from the saved skeleton (placeholders where the media were) and evaluate only the question.
+    None when there is no usable entry (a bad one is reported and dropped)."""
+    cache = options.cache
+    if cache is None or not isinstance(engine, StatefulEngine):
         return None
-    key = cache_key(source, engine, options)
+    key = make_key(_content(source, options), engine.state_setup())
+    entry = cache.get(key)
+    if entry is None:
+        return None
     try:
-        if saved["state_key"] != key:
-            return None
-        blob = (options.cache_dir / f"{key}.state").read_bytes()
-        frame, clip = np.zeros((48, 48, 3), np.uint8), np.zeros(SAMPLE_RATE, np.float32)
-        units = [Unit(int(t), frame if f else None, clip if a else None) for t, f, a in saved["units"]]
-        meta = dict(saved["meta"])
-    except (OSError, ValueError, KeyError, TypeError):
+        rows = _read_skeleton(entry.info)
+        meta, state = entry.info.get("meta"), entry.info.get("engine")
+        if not isinstance(meta, dict) or not isinstance(state, dict):
+            raise CacheEntryError("its 'meta' or 'engine' is missing or has the wrong type")
+        tokens = meta.get("tokens_media")
+        if type(tokens) is not int:
+            raise CacheEntryError("its 'meta' lacks 'tokens_media'")
+        if tokens > n_ctx - options.generate.max_tokens - 256:
+            return None  # fine, but this run's answer needs more room than the saved prompt leaves
+        engine.load_state(EngineState(entry.payload, state))
+    except (CacheEntryError, StateError) as exc:
+        cache.reject(key, str(exc))
         return None
-    if not engine.load_state(blob):  # type: ignore[attr-defined]
-        return None
-    messages = [Message("user", [*unit_parts(units), Text("\n" + options.prompt)])]
-    out = engine.generate_cached(messages, options.generate)
+    image, audio = Placeholder("image"), Placeholder("audio")
+    parts = _layout((t, image if f else None, audio if a else None) for t, f, a in rows)
+    out = engine.generate_cached([CachedMessage("user", [*parts, Text("\n" + options.prompt)])], options.generate)
     if out is None:
-        engine.reset()  # type: ignore[attr-defined]
+        engine.reset()
+        cache.reject(key, "the saved prompt is not the one this run builds")
         return None
     text = "".join(out).strip()
-    for warning in meta.get("warnings", []):  # said again: the saved timeline had them (a dropped track...)
-        source.warn(str(warning))
-    meta.update(cache="hit", timeline="saved", prompt_evaluated=engine.stats.prompt_evaluated, windows=1,
-                seconds=round(time.perf_counter() - t0, 3))
+    meta = {**meta, "cache": "hit", "timeline": "saved", "prompt_evaluated": engine.stats.prompt_evaluated,
+            "windows": 1, "seconds": round(time.perf_counter() - t0, 3)}
     return Description(file=source.name, text=text, meta=meta)
+
+
+def _prefill_and_save(engine: StatefulEngine, cache: StateCache, key: Key, messages: list[Message], tl: Timeline,
+                      meta: dict[str, Any], gen: GenerateOptions) -> int:
+    """Evaluate the prompt up to its last media, save that state; how many tokens were evaluated."""
+    if engine.prefill(messages, gen) is None:
+        return 0
+    evaluated = engine.stats.prompt_evaluated
+    state = engine.save_state()
+    cache.put(key, {"engine": state.info, "units": _skeleton(tl), "meta": dict(meta)}, state.kv)
+    return evaluated
 
 
 def video(source: Source, engine_for: Callable[[int], Engine], options: VideoOptions, n_ctx: int,
           on_progress: Callable[[float], None] | None = None) -> Description:
     t0 = time.perf_counter()
     engine: Engine | None = None
-    _check_start(source, options)  # before any cache or model: the rule transcribe follows
-    saved = _saved_skeleton(source, options)
-    if saved is not None:
-        engine = engine_for(n_ctx)
-        hit = _answer_from_state(source, engine, options, saved, t0)
+    cache = options.cache
+    if cache is not None and cache.has_content(make_key(_content(source, options), {}).content):
+        engine = engine_for(n_ctx)  # the model first: the entry found may spare decoding the video
+        hit = _answer_from_cache(source, engine, options, n_ctx, t0)
         if hit is not None:
             return hit
     tl = build_timeline(source, options)
@@ -303,28 +313,13 @@ def video(source: Source, engine_for: Callable[[int], Engine], options: VideoOpt
     question = Text("\n" + options.prompt)
     if total <= prompt_budget:
         messages = [Message("user", [*unit_parts(tl.units), question])]
-        gen = options.generate
-        state_file = None
-        if options.cache_dir is not None and hasattr(engine, "save_state"):
-            state_file = options.cache_dir / f"{cache_key(source, engine, options)}.state"
-            if state_file.exists() and engine.load_state(state_file.read_bytes()):  # type: ignore[attr-defined]
-                meta["cache"] = "hit"
-            else:
-                meta["cache"] = "miss"
-                path = state_file
-
-                skeleton = {"state_key": path.stem, "units": _skeleton(tl), "meta": dict(meta)}
-                skeleton_file = options.cache_dir / f"{skeleton_key(source, options)}.json"
-
-                def save() -> None:
-                    assert engine is not None
-                    write_state(path, engine.save_state(), options.cache_dir)
-                    write_state(skeleton_file, json.dumps(skeleton).encode(), None)
-
-                gen = GenerateOptions(**{**gen.__dict__, "on_media_evaluated": save})
-
-        text = _generate(engine, messages, gen)
-        meta["prompt_evaluated"] = engine.stats.prompt_evaluated
+        prefilled = 0
+        if cache is not None and isinstance(engine, StatefulEngine):
+            meta["cache"] = "miss"
+            key = make_key(_content(source, options), engine.state_setup())
+            prefilled = _prefill_and_save(engine, cache, key, messages, tl, meta, options.generate)
+        text = _generate(engine, messages, options.generate)
+        meta["prompt_evaluated"] = prefilled + engine.stats.prompt_evaluated
         meta["windows"] = 1
     else:
         windows = split_windows(tl.units, prompt_budget, frame_tokens)
@@ -345,30 +340,3 @@ def video(source: Source, engine_for: Callable[[int], Engine], options: VideoOpt
         meta["window_answers"] = answers
     meta["seconds"] = round(time.perf_counter() - t0, 3)
     return Description(file=source.name, text=text, meta=meta)
-
-
-def write_state(path: Path, blob: bytes, cache_dir: Path | None, cap_bytes: int = 4 << 30) -> None:
-    """Write a prefilled state atomically, then evict the oldest states beyond the size cap."""
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-        os.replace(tmp, path)
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)
-        return
-    if cache_dir is None:
-        return
-    states = sorted(cache_dir.glob("*.state"), key=lambda p: p.stat().st_mtime, reverse=True)
-    used = 0
-    for p in states:
-        used += p.stat().st_size
-        if used > cap_bytes and p != path:
-            p.unlink(missing_ok=True)
-    skeletons = sorted(cache_dir.glob("timeline-*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for p in skeletons[MAX_SKELETONS:]:  # small, but not to pile up forever
-        p.unlink(missing_ok=True)
