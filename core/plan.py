@@ -119,11 +119,10 @@ def plan_input(
             tokens["audio"] = windows
         if vad is not None:
             speech = speech_plan(source, vad=vad, start_ms=start_ms, end_ms=end_ms, max_clip_s=max_clip_s)
-            if plan["audio_samples"] is None:  # a pipe: now it is known
-                samples = speech.pop("samples")
-                plan.update(audio_samples=samples, audio_windows=windows_for(samples))
+            seen = speech.pop("samples")
+            if plan["audio_samples"] is None:  # duration unknown (a pipe): now it is known
+                plan.update(audio_samples=seen, audio_windows=windows_for(seen))
                 plan["notes"] = [n for n in plan["notes"] if not n.startswith("duration unknown (a pipe): audio")]
-            del speech["samples"]
             tokens["audio"] = speech.pop("tokens_fed")
             plan.update(speech)
 
