@@ -128,7 +128,8 @@ def silence_answers(model: Path, threads: int, n: int, noise_db: float | None) -
 
     probe = audio_probe(model)
     x, spans, waves = _probe_recording(model, probe, n, noise_db)
-    clips = list(segment_speech(_block(x, i) for i in range(0, x.size, SR)))
+    # the probe codes are synthetic sounds, speech only to a level detector: the energy one
+    clips = list(segment_speech((_block(x, i) for i in range(0, x.size, SR)), vad="energy"))
     bounds = [0] + [(a[1] + b[0]) // 2 for a, b in itertools.pairwise(spans)] + [x.size]
 
     options = TranscribeOptions(generate=GenerateOptions(max_tokens=8))

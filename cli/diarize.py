@@ -19,7 +19,7 @@ from .options import (
     with_common,
 )
 from .runner import Runner, read_files_from
-from .transcribe import dry_run_plans, run_segments
+from .transcribe import VAD, VADS, check_vad, dry_run_plans, run_segments
 
 FORMATS = ["txt", "rttm", "srt", "vtt", "json", "jsonl"]
 
@@ -48,6 +48,7 @@ def command(
     files_from: Annotated[str | None, FILES_FROM] = None,
     skip_existing: Annotated[bool, SKIP_EXISTING] = False,
     errors_as_records: Annotated[bool, ERRORS_AS_RECORDS] = False,
+    vad: Annotated[str, VAD] = VADS[0],
     *,
     common: Common,
 ) -> int:
@@ -57,10 +58,12 @@ def command(
     inputs = [*(inputs or []), *read_files_from(files_from)]
     if fmt is not None and fmt not in FORMATS:
         raise UsageError("--format", f"unknown format {fmt!r}", f"choose one of {', '.join(FORMATS)}")
+    check_vad(vad)
     start_ms, end_ms = parse_time_ms(start, what="--start"), parse_time_ms(end, what="--end")
     runner = Runner(common, needs={"audio"}, command="diarize")
-    if dry_run:
-        return dry_run_plans(inputs, runner, want_audio=True, want_frames=False, start_ms=start_ms, end_ms=end_ms)
+    if dry_run:  # diarize's clips are at most 20 s (DiarizeOptions.max_clip_s): room for the exemplars
+        return dry_run_plans(inputs, runner, want_audio=True, want_frames=False, start_ms=start_ms, end_ms=end_ms,
+                             vad=vad, max_clip_s=20.0)
 
     from gemmapipe.core.tasks.diarize import (
         DiarizeOptions,
@@ -77,6 +80,7 @@ def command(
         reference = read_rttm(str(score))
     lo, hi = (speakers, speakers) if speakers else (min_speakers, max_speakers)
     options = DiarizeOptions(min_speakers=lo, max_speakers=hi, language=language, start_ms=start_ms, end_ms=end_ms,
+                             vad=vad,
                              names=[n.strip() for n in names.split(",") if n.strip()] if names else [],
                              generate=runner.generate_options(320))
     options.validate()

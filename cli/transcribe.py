@@ -21,6 +21,17 @@ from .options import (
 from .runner import Runner, read_files_from
 
 FORMATS = ["txt", "srt", "vtt", "json", "jsonl", "tsv"]
+VADS = ["silero", "energy"]  # core/tasks/segment.py VADS; the first is the default
+VAD = typer.Option("--vad", help="Voice-activity detector: silero (a trained network: feeds speech, not music or "
+                                 "noises) or energy (any sound over the background: studio recordings).")
+
+
+def check_vad(vad: str) -> str:
+    from gemmapipe.core.errors import UsageError
+
+    if vad not in VADS:
+        raise UsageError("--vad", f"unknown detector {vad!r}", f"choose one of {', '.join(VADS)}")
+    return vad
 
 
 def dry_run_plans(inputs: list[str], runner: Runner, **plan_kw: Any) -> int:
@@ -119,6 +130,7 @@ def command(
     files_from: Annotated[str | None, FILES_FROM] = None,
     skip_existing: Annotated[bool, SKIP_EXISTING] = False,
     errors_as_records: Annotated[bool, ERRORS_AS_RECORDS] = False,
+    vad: Annotated[str, VAD] = VADS[0],
     *,
     common: Common,
 ) -> int:
@@ -128,14 +140,16 @@ def command(
     inputs = [*(inputs or []), *read_files_from(files_from)]
     if fmt is not None and fmt not in FORMATS:
         raise UsageError("--format", f"unknown format {fmt!r}", f"choose one of {', '.join(FORMATS)}")
+    check_vad(vad)
     start_ms, end_ms = parse_time_ms(start, what="--start"), parse_time_ms(end, what="--end")
     runner = Runner(common, needs={"audio"}, command="transcribe")
     if dry_run:
-        return dry_run_plans(inputs, runner, want_audio=True, want_frames=False, start_ms=start_ms, end_ms=end_ms)
+        return dry_run_plans(inputs, runner, want_audio=True, want_frames=False, start_ms=start_ms, end_ms=end_ms,
+                             vad=vad, max_clip_s=30.0)
 
     from gemmapipe.core.tasks.transcribe import TranscribeOptions, n_ctx_for, transcribe
 
-    options = TranscribeOptions(language=language, prompt=prompt, start_ms=start_ms, end_ms=end_ms,
+    options = TranscribeOptions(language=language, prompt=prompt, start_ms=start_ms, end_ms=end_ms, vad=vad,
                                 generate=runner.generate_options(320), jobs=runner.jobs)
     engine_for = lambda: runner.engine(n_ctx=n_ctx_for(options))  # noqa: E731
     def task(src: Any, **kw: Any) -> Any:

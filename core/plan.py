@@ -1,8 +1,10 @@
-"""What an input will cost the model, from its headers alone (nothing is decoded).
+"""What an input will cost the model, from its headers alone (nothing is decoded), or for speech
+tasks from its audio run through the voice-activity detector.
 
 `plan_input` reports the duration and streams of an input, how many video frames (or the image) and
 audio windows will be fed, the size they are delivered at and the tokens they take.  The engine adds
-text tokens and KV memory on top.
+text tokens and KV memory on top.  With `vad` (transcribe, diarize) the audio is decoded and
+segmented as the task would (no model is loaded): the clips and the audio tokens really fed.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ def plan_input(
     max_frames: int | None = None,
     frame_min_tokens: int | None = None,
     image_min_tokens: int = MTMD_MIN_TOKENS,
+    vad: str | None = None,
+    max_clip_s: float = 30.0,
 ) -> dict[str, Any]:
     """A JSON-serializable plan for one input.
 
@@ -45,6 +49,9 @@ def plan_input(
     Keys: file, kind, format, duration_ms (None if unknown: then counts that depend on it are None),
     range_ms [start, end], streams, frames, fps, frame_size [w, h], image_size [w, h] (images),
     tokens_per_frame, audio_samples, audio_windows, tokens {image|frames, audio, total}, notes.
+    With vad ("silero" or "energy"; want_audio only) also: vad, clips [[start_ms, end_ms], ...] (as
+    fed: after the quiet-edge trim, in the times the transcript will show), speech_ms, vad_s (the
+    detector's wall time), and tokens.audio is then the tokens of those clips, not of the whole audio.
     """
     if frame_tokens < 1 or image_tokens < 1:
         raise UsageError("--tokens", "token budgets must be at least 1")
@@ -112,6 +119,14 @@ def plan_input(
             windows = windows_for(samples)
             plan.update(audio_samples=samples, audio_windows=windows)
             tokens["audio"] = windows
+        if vad is not None:
+            speech = speech_plan(source, vad=vad, start_ms=start_ms, end_ms=end_ms, max_clip_s=max_clip_s)
+            seen = speech.pop("samples")
+            if plan["audio_samples"] is None:  # duration unknown (a pipe): now it is known
+                plan.update(audio_samples=seen, audio_windows=windows_for(seen))
+                plan["notes"] = [n for n in plan["notes"] if not n.startswith("duration unknown (a pipe): audio")]
+            tokens["audio"] = speech.pop("tokens_fed")
+            plan.update(speech)
 
     known = [v for v in tokens.values() if v is not None]
     tokens["total"] = None if len(known) < len(tokens) else sum(known)
@@ -120,3 +135,49 @@ def plan_input(
         None if plan["audio_samples"] is None else math.ceil(plan["audio_samples"] / SAMPLE_RATE * 1000) / 1000
     )
     return plan
+
+
+def speech_plan(
+    source: Source, *, vad: str, start_ms: int | None = None, end_ms: int | None = None, max_clip_s: float = 30.0
+) -> dict[str, Any]:
+    """Decode the audio (streamed) and run the detector as transcribe and diarize do: the clips they
+    will feed (after the quiet-edge trim) and their tokens. Keys: vad, clips, speech_ms, vad_s,
+    tokens_fed, samples (audio samples seen)."""
+    import time
+
+    from .media.audio import iter_audio
+    from .tasks.segment import segment_speech
+    from .tasks.transcribe import trim_quiet_edges
+
+    seen = 0
+    decoding = 0.0
+
+    def counted() -> Any:
+        nonlocal seen, decoding
+        blocks = iter_audio(source, start_ms=start_ms, end_ms=end_ms)
+        while True:
+            t = time.perf_counter()
+            block = next(blocks, None)
+            decoding += time.perf_counter() - t
+            if block is None:
+                return
+            seen = max(seen, block.offset + block.samples.size)
+            yield block
+
+    first = ms_to_samples(start_ms or 0)
+    clips: list[list[int]] = []
+    fed = 0
+    t0 = time.perf_counter()
+    for raw in segment_speech(counted(), vad=vad, max_clip_s=max_clip_s):
+        clip = trim_quiet_edges(raw)
+        clips.append([clip.start * 1000 // SAMPLE_RATE, clip.end * 1000 // SAMPLE_RATE])
+        fed += windows_for(clip.end - clip.start)
+    busy = time.perf_counter() - t0 - decoding
+    return {
+        "vad": vad,
+        "clips": clips,
+        "speech_ms": sum(b - a for a, b in clips),
+        "vad_s": round(max(0.0, busy), 3),
+        "tokens_fed": fed,
+        "samples": max(0, seen - first),
+    }

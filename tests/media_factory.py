@@ -9,6 +9,8 @@ tell which frame was picked with `frame_index_of(pixels)`.
 
 from __future__ import annotations
 
+import functools
+import json
 import struct
 import zlib
 from fractions import Fraction
@@ -32,6 +34,28 @@ AUDIO_FORMATS: dict[str, tuple[str, str, int | None, dict[str, str]]] = {
     "mkv": ("matroska", "flac", None, {}),
     "webm": ("webm", "libopus", 48000, {}),
 }
+
+
+VAD_TRACK = Path(__file__).parent / "data" / "vad_track"  # recorded speech, music and noises (README there)
+
+
+@functools.lru_cache(maxsize=1)
+def _speech_pool() -> np.ndarray:
+    import soundfile as sf
+
+    x, _ = sf.read(VAD_TRACK / "track.flac", dtype="float32")
+    truth = json.loads((VAD_TRACK / "truth.json").read_text())
+    bed = truth["speech"][2]  # the turn over a music bed stays out
+    return np.concatenate([x[a:b] for a, b in truth["prompts"] if not bed[0] <= a < bed[1]])
+
+
+def recorded_speech(n: int, offset: int = 0) -> np.ndarray:
+    """`n` samples of real recorded speech (16 kHz float32, about -20 dBFS): the prompts of the VAD
+    test track back to back, 33 s with no pause a detector cuts at, looped from `offset`. The
+    stand-in wherever a test needs speech (noise bursts are no speech to the default detector)."""
+    pool = _speech_pool()
+    idx = (offset + np.arange(n)) % pool.size
+    return pool[idx].copy()
 
 
 def signal(

@@ -18,7 +18,7 @@ from gemmapipe.cli.app import run
 from gemmapipe.core.errors import ExitStatus
 
 from fake_engine import fake_engine  # noqa: F401  (fixture)
-from media_factory import write_tone
+from media_factory import recorded_speech, write_tone
 
 pytestmark = pytest.mark.usefixtures("fake_model")  # see conftest.py
 
@@ -29,7 +29,7 @@ def speech(path: Path, seconds: float = 2.0) -> Path:
     import soundfile as sf
 
     x = np.zeros(int(seconds * 16000), dtype=np.float32)
-    x[8000:24000] = 0.3 * np.random.default_rng(0).standard_normal(16000)
+    x[8000:24000] = recorded_speech(16000)
     sf.write(path, x, 16000)
     return path
 
@@ -139,10 +139,9 @@ def test_interrupt_exits_130_and_cleans_up(sig: int, tiny_gemma4: tuple[Path, Pa
     import soundfile as sf
 
     model, _ = tiny_gemma4
-    rng = np.random.default_rng(0)
     x = np.zeros(16000 * 600, dtype=np.float32)
     for s in range(0, 600, 3):  # ten minutes of 2 s bursts
-        x[s * 16000:(s + 2) * 16000] = 0.3 * rng.standard_normal(32000)
+        x[s * 16000:(s + 2) * 16000] = recorded_speech(32000, offset=s * 16000)
     wav = tmp_path / "long.wav"
     sf.write(wav, x, 16000)
     out = tmp_path / "out"

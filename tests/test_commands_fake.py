@@ -16,7 +16,7 @@ from gemmapipe.core.engine.parts import Audio, Image, Text
 from gemmapipe.core.errors import ExitStatus
 
 from fake_engine import fake_engine  # noqa: F401  (fixture)
-from media_factory import write_image, write_tone, write_video
+from media_factory import recorded_speech, write_image, write_tone, write_video
 
 pytestmark = pytest.mark.usefixtures("fake_model")  # see conftest.py
 
@@ -24,14 +24,13 @@ pytestmark = pytest.mark.usefixtures("fake_model")  # see conftest.py
 
 
 def speech_file(path: Path, bursts: list[tuple[float, float]], total: float) -> Path:
-    """Noise bursts (speech stand-ins) at known times in silence, as a 16 kHz WAV."""
+    """Recorded speech at known times in silence, as a 16 kHz WAV."""
     import soundfile as sf
 
     x = np.zeros(int(total * 16000), dtype=np.float32)
-    rng = np.random.default_rng(0)
     for a, b in bursts:
         n = int((b - a) * 16000)
-        x[int(a * 16000):int(a * 16000) + n] = (0.3 * rng.standard_normal(n)).astype(np.float32)
+        x[int(a * 16000):int(a * 16000) + n] = recorded_speech(n, offset=int(a * 16000))
     sf.write(path, x, 16000)
     return path
 

@@ -247,14 +247,15 @@ def server() -> Iterator[tuple[str, Recorder]]:
 
 
 def speech_file(path: Path, bursts: list[tuple[float, float]], total: float) -> Path:
-    """Noise bursts (speech stand-ins the VAD keeps) at known times in silence, as a 16 kHz WAV."""
+    """Recorded speech at known times in silence, as a 16 kHz WAV."""
     import soundfile as sf
 
+    from media_factory import recorded_speech
+
     x = np.zeros(int(total * 16000), dtype=np.float32)
-    rng = np.random.default_rng(0)
     for a, b in bursts:
         n = int((b - a) * 16000)
-        x[int(a * 16000):int(a * 16000) + n] = (0.3 * rng.standard_normal(n)).astype(np.float32)
+        x[int(a * 16000):int(a * 16000) + n] = recorded_speech(n, offset=int(a * 16000))
     sf.write(path, x, 16000)
     return path
 

@@ -1,5 +1,9 @@
 """Voice activity segmentation: a stream of 16 kHz audio blocks in, speech clips of at most 30 s out.
 
+Two detectors share the stream handling here: "silero" (the default, a trained network that tells
+speech from music and noises: core/tasks/silero.py) and "energy" (this module's SpeechSegmenter,
+described below: exact on speech over silence or steady noise, but any sound is speech to it).
+
 The model hears audio in 640-sample windows (40 ms, one token each) and understands clips of up to
 ~30 s, so the detector works on 40 ms frames laid on the same absolute 640-sample grid and cuts
 clips on that grid: no token straddles a clip boundary and silence is never fed.
@@ -231,13 +235,21 @@ class SpeechSegmenter:
             frame = np.zeros(FRAME, dtype=np.float32)
             frame[: carry.size] = carry
             self._features(frame)
-        while self.pending:
-            self._decide(*self.pending.popleft())
+        self._flush()
         if self.in_speech:
             last = -(-self.pos // FRAME)  # frames the stream reaches into
             self._close_region(self.last_active + 1, limit=last)
         self.chunks.clear()
         return self._drain()
+
+    def _flush(self) -> None:
+        """End of stream: judge the frames still waiting (here: for the lookahead)."""
+        while self.pending:
+            self._decide(*self.pending.popleft())
+
+    def _oldest(self) -> int:
+        """The first frame not judged yet."""
+        return self.pending[0][0] if self.pending else self.next_frame
 
     # -- frames ------------------------------------------------------------------------------------
 
@@ -415,8 +427,7 @@ class SpeechSegmenter:
 
     def _trim(self) -> None:
         """Drop samples no clip can need; keep our own copy of what remains of the caller's arrays."""
-        oldest = self.pending[0][0] if self.pending else self.next_frame
-        keep = max(oldest - self.max_extend - self.pad, self.prev_end)
+        keep = max(self._oldest() - self.max_extend - self.pad, self.prev_end)
         if self.in_speech:
             keep = min(keep, self.clip_start)
         keep_sample = keep * FRAME
@@ -437,32 +448,40 @@ class SpeechSegmenter:
         return out
 
 
+VADS = ("silero", "energy")
+DEFAULT_VAD = "silero"
+
+
+def make_segmenter(vad: str = DEFAULT_VAD, **kw: float) -> SpeechSegmenter:
+    """The segmenter for detector `vad`: "silero" (trained, the default: core/tasks/silero.py) or
+    "energy" (level over an adaptive floor: this module). `kw`: that segmenter's knobs."""
+    if vad == "silero":
+        from .silero import SileroSegmenter
+
+        return SileroSegmenter(**kw)
+    if vad == "energy":
+        return SpeechSegmenter(**kw)
+    raise ValueError(f"unknown voice-activity detector {vad!r} (choose one of {', '.join(VADS)})")
+
+
 def segment_speech(
     blocks: Iterable[AudioBlockLike],
     *,
+    vad: str = DEFAULT_VAD,
     max_clip_s: float = 30.0,
     min_speech_ms: float = 120.0,
     min_silence_ms: float = 500.0,
     pad_ms: float = 120.0,
-    threshold: float = 10.0,
-    min_db: float = -60.0,
     **tuning: float,
 ) -> Iterator[SpeechClip]:
     """Yield the speech clips of a stream of audio blocks, each as soon as it is complete.
 
-    threshold: dB above the noise floor that starts speech; min_db: dBFS below which nothing is
-    speech; tuning: the other SpeechSegmenter knobs (hysteresis_db, zcr_min, fricative_db,
-    floor_window_s, floor_percentile, lookahead_ms, max_extend_ms, cut_search_s).
+    vad: "silero" (default) or "energy"; tuning: the other knobs of that detector's segmenter
+    (energy: threshold, min_db, hysteresis_db, zcr_min, floor_window_s, lookahead_ms, ...;
+    silero: threshold, neg_threshold, gate_db; both: max_extend_ms, cut_search_s).
     """
-    seg = SpeechSegmenter(
-        max_clip_s=max_clip_s,
-        min_speech_ms=min_speech_ms,
-        min_silence_ms=min_silence_ms,
-        pad_ms=pad_ms,
-        threshold=threshold,
-        min_db=min_db,
-        **tuning,
-    )
+    seg = make_segmenter(vad, max_clip_s=max_clip_s, min_speech_ms=min_speech_ms,
+                         min_silence_ms=min_silence_ms, pad_ms=pad_ms, **tuning)
     for block in blocks:
         yield from seg.feed(block)
     yield from seg.finish()

@@ -43,6 +43,7 @@ class TranscribeOptions:
     start_ms: int | None = None
     end_ms: int | None = None
     max_clip_s: float = MAX_CLIP_S
+    vad: str = "silero"  # voice-activity detector: "silero" or "energy" (core/tasks/segment.py)
     generate: GenerateOptions = field(default_factory=lambda: GenerateOptions(max_tokens=320))
     jobs: int = 1  # clips sent at once (an engine that takes concurrent requests: a server)
 
@@ -167,7 +168,7 @@ def transcribe(
 
     t0 = time.perf_counter()
     blocks = iter_audio(source, start_ms=options.start_ms, end_ms=options.end_ms)
-    clips = segment_speech(blocks, max_clip_s=options.max_clip_s)
+    clips = segment_speech(blocks, vad=options.vad, max_clip_s=options.max_clip_s)
     result = Transcript(file=source.name)
     for seg in iter_segments(clips, engine_for, options, templated=templated, on_progress=on_progress):
         result.segments.append(seg)
