@@ -27,6 +27,7 @@ from fake_engine import fake_engine  # noqa: F401  (fixture)
 from media_factory import (
     Pipe,
     corrupt_audio_packets,
+    recorded_speech,
     truncate,
     write_float_wav,
     write_image,
@@ -355,8 +356,10 @@ def test_seven_one_through_a_pipe_and_transcribe(tmp_path: Path, capsys: pytest.
                                                  fake_engine: list) -> None:  # noqa: F811
     import soundfile as sf
 
-    x = np.zeros((3 * 48000, 8), dtype=np.float32)  # a burst of noise (speech stand-in) in silence, 8 channels
-    x[24000:96000] = 0.3 * np.random.default_rng(0).standard_normal((72000, 8)).astype(np.float32)
+    from media_factory import recorded_speech
+
+    x = np.zeros((3 * 48000, 8), dtype=np.float32)  # real speech (at 48 kHz) in silence, on all 8 channels
+    x[24000:96000] = np.repeat(recorded_speech(24000), 3)[:72000, None] * np.ones(8, dtype=np.float32)
     f = tmp_path / "n.wav"
     sf.write(f, x, 48000, subtype="PCM_16")
     monkeypatch.setattr(sys, "stdin", Stdin(Pipe(f.read_bytes())))
@@ -399,7 +402,7 @@ def test_video_without_an_audio_track_has_nothing_to_warn_about(tmp_path: Path, 
 
 def _nan_wav(path: Path) -> tuple[Path, int]:
     x = np.zeros(3 * 16000, dtype=np.float32)
-    x[8000:32000] = 0.3 * np.random.default_rng(0).standard_normal(24000).astype(np.float32)
+    x[8000:32000] = recorded_speech(24000)
     x[10000:10007] = np.nan
     x[20000] = np.inf
     x[30000:30002] = -np.inf

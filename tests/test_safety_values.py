@@ -21,14 +21,14 @@ from gemmapipe.cli.app import run
 from gemmapipe.core.errors import ExitStatus
 
 from fake_engine import fake_engine  # noqa: F401  (fixture)
-from media_factory import write_image, write_video
+from media_factory import recorded_speech, write_image, write_video
 
 
 def speech(path: Path, seconds: float = 2.0) -> Path:
     import soundfile as sf
 
     x = np.zeros(int(seconds * 16000), dtype=np.float32)
-    x[8000:24000] = 0.3 * np.random.default_rng(0).standard_normal(16000)
+    x[8000:24000] = recorded_speech(16000)
     sf.write(path, x, 16000)
     return path
 

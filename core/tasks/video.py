@@ -292,6 +292,7 @@ def video(source: Source, engine_for: Callable[[int], Engine], options: VideoOpt
           on_progress: Callable[[float], None] | None = None) -> Description:
     t0 = time.perf_counter()
     engine: Engine | None = None
+    _check_start(source, options)  # before any cache or model: the rule transcribe follows
     cache = options.cache
     if cache is not None and cache.has_content(make_key(_content(source, options), {}).content):
         engine = engine_for(n_ctx)  # the model first: the entry found may spare decoding the video
