@@ -85,9 +85,18 @@ def command(
             return repl(convo, engine, options, parts, attach, image_tokens=image_tokens, store=store,
                         info=runner.info)
         out = sys.stdout
-        for piece in convo.ask(engine(), text, parts, options, attach):
-            out.write(piece)
-            out.flush()
+        written = 0
+        try:
+            for piece in convo.ask(engine(), text, parts, options, attach):
+                out.write(piece)
+                out.flush()
+                written += len(piece)
+        except Exception as exc:
+            # Pieces stream as they come; if the answer fails after some reached stdout, end that
+            # line and say on stderr that it is incomplete (the error line follows; exit 1).
+            if written and not isinstance(exc, BrokenPipeError):
+                _mark_incomplete(out, written)
+            raise
         out.write("\n")
         if thoughts:
             sys.stderr.write("\n")
@@ -96,6 +105,17 @@ def command(
         return 0
     finally:
         runner.close()
+
+
+def _mark_incomplete(out: Any, written: int) -> None:
+    try:
+        out.write("\n")
+        out.flush()
+    except (OSError, ValueError):
+        pass
+    sys.stderr.write(f"gemmapipe: warning: the answer on stdout is incomplete: it stopped after {written} "
+                     "characters\n")
+    sys.stderr.flush()
 
 
 def _thought_printer(common: Common) -> Any:
