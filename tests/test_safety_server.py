@@ -288,6 +288,40 @@ def test_a_stream_with_either_end_mark_is_complete(server: tuple[str, Script], c
     assert (rc, captured.out, captured.err) == (0, "done\n", "")
 
 
+def _chunked_then_hang_up(*events: Any) -> Callable[[Handler, int], None]:
+    """An HTTP/1.1 chunked stream (as llama-server sends) whose connection drops before the last chunk."""
+    def answer(h: Handler, n: int) -> None:
+        h.raw(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for e in events:
+            data = f"data: {json.dumps(e)}\n\n".encode()
+            h.raw(b"%x\r\n%s\r\n" % (len(data), data))
+        h.raw(b"40\r\ndata: {\"choi")  # half a chunk, then the connection is gone
+    return answer
+
+
+def test_a_connection_lost_after_the_finish_keeps_the_answer(server: tuple[str, Script],
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    url, script = server
+    script.post = _chunked_then_hang_up({"choices": [{"delta": {"content": "whole"}}]},
+                                        {"choices": [{"delta": {}, "finish_reason": "stop"}]})
+    rc, _ = chat(url)
+    captured = capsys.readouterr()
+    assert (rc, captured.out, captured.err) == (0, "whole\n", "")
+
+
+def test_a_connection_lost_before_the_finish_is_exit_1(server: tuple[str, Script],
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    url, script = server
+    script.post = _chunked_then_hang_up({"choices": [{"delta": {"content": "part"}}]})
+    rc, _ = chat(url)
+    captured = capsys.readouterr()
+    assert rc == ExitStatus.ERROR and captured.out == "part\n"
+    lines = captured.err.splitlines()
+    assert lines[0] == "gemmapipe: warning: the answer on stdout is incomplete: it stopped after 4 characters"
+    assert lines[1].startswith(f"gemmapipe: error: server {url}: connection lost in the middle of an answer: ")
+    assert len(lines) == 2
+
+
 # --- the timeout is on progress, not on bytes -------------------------------------------------------------------
 def _pings_after(*texts: str) -> Callable[[Handler, int], None]:
     def answer(h: Handler, n: int) -> None:

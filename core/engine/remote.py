@@ -441,6 +441,7 @@ def parse_props_n_ctx(obj: Any) -> int:
 class _StreamState:
     last_progress: float  # perf_counter() of the last event that moved the answer on
     done: bool = False  # the stream reached its end ([DONE], or a whole non-streamed body)
+    finished: bool = False  # a finish_reason arrived: what may follow is only usage and [DONE]
 
 
 @dataclass
@@ -719,6 +720,7 @@ class RemoteEngine:
                 raise self._malformed("answer", exc) from None
             if chunk.progress:
                 state.last_progress = time.perf_counter()
+            state.finished = state.finished or any(c.finish for c in chunk.choices)
             return chunk
 
         if "text/event-stream" not in ctype:
@@ -734,7 +736,12 @@ class RemoteEngine:
         data: list[str] = []
         while True:
             wait_for_more()
-            raw_line = ans.resp.readline()
+            try:
+                raw_line = ans.resp.readline()
+            except (ConnectionError, http.client.HTTPException):
+                if state.finished:  # the answer is whole; only its usage (or [DONE]) was lost
+                    break
+                raise
             if not raw_line:
                 break
             line = raw_line.decode("utf-8", "replace").rstrip("\r\n")
