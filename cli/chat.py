@@ -99,12 +99,22 @@ def command(
 
             return repl(convo, engine, options, parts, attach, image_tokens=image_tokens, store=store,
                         info=runner.info)
-        from gemmapipe.core.sink import open_sink
+        from gemmapipe.core.sink import is_stdout, open_sink
 
         with open_sink(common.output) as out:
-            for piece in convo.ask(engine(), text, parts, options, attach):
-                out.write(piece)
-                out.flush()
+            written = 0
+            try:
+                for piece in convo.ask(engine(), text, parts, options, attach):
+                    out.write(piece)
+                    out.flush()
+                    written += len(piece)
+            except Exception as exc:
+                # Pieces stream to stdout as they come; if the answer fails after some reached it, end
+                # that line and say on stderr that it is incomplete (the error line follows; exit 1).
+                # A file given with -o is written whole or not at all, so it needs no mark.
+                if written and is_stdout(common.output) and not isinstance(exc, BrokenPipeError):
+                    _mark_incomplete(out, written)
+                raise
             out.write("\n")
         if thoughts:
             sys.stderr.write("\n")
@@ -119,6 +129,17 @@ def command(
         return 0
     finally:
         runner.close()
+
+
+def _mark_incomplete(out: Any, written: int) -> None:
+    try:
+        out.write("\n")
+        out.flush()
+    except (OSError, ValueError):
+        pass
+    sys.stderr.write(f"gemmapipe: warning: the answer on stdout is incomplete: it stopped after {written} "
+                     "characters\n")
+    sys.stderr.flush()
 
 
 def _thought_printer(common: Common) -> Any:

@@ -14,9 +14,13 @@ inline, as the llama.cpp server documents them (tools/server/README.md, "multimo
 
 Only the standard library speaks HTTP (http.client); proxies from the environment are not used.
 Connection failures and 429/5xx answers are retried with exponential backoff (Retry-After is
-honoured); a refused modality, bad credentials or an unreachable server end in a one-line error
-(exit 1). The engine is thread-safe: `stats` is per thread, so concurrent requests (`-j`) each see
-their own counters.
+honoured up to the timeout, and a longer ask is said on the log); a refused modality, bad
+credentials or an unreachable server end in a one-line error (exit 1). Every JSON read from the
+server goes through the `parse_*` functions, so an answer of the wrong shape is a MalformedAnswer,
+never a crash. The timeout counts from the last event that moved the answer on (keep-alive comments
+do not), and a stream that closes before its end (no finish_reason, no [DONE]) is a failed request,
+not a short answer. The engine is thread-safe: `stats` is per thread, so concurrent requests (`-j`)
+each see their own counters.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -61,6 +65,10 @@ class ServerError(GemmapipeError):
     def __init__(self, subject: str, reason: str, hint: str | None = None, *, batch_fatal: bool = False) -> None:
         super().__init__(subject, reason, hint)
         self.batch_fatal = batch_fatal
+
+
+class MalformedAnswer(ServerError):
+    """The server answered JSON of a shape the OpenAI format does not have (or no JSON at all)."""
 
 
 @dataclass
@@ -282,6 +290,160 @@ def _retry_after(value: str | None) -> float | None:
         return None  # an HTTP date: use our own backoff
 
 
+# --- the shapes of what servers answer ---------------------------------------------------------------
+# Every JSON the client reads (the model list, /props, streamed chunks, a non-streamed answer, usage)
+# passes through the parsers below and nothing else: a wrong type where the OpenAI format has a known
+# one is a `_Malformed`, which the engine turns into a one-line ServerError naming the server. Fields
+# that are extensions (a context size, llama.cpp's timings) are read when they are numbers and
+# otherwise ignored.
+class _Malformed(Exception):
+    """An answer of the wrong shape; the message says where (`choices[0].delta is a string ...`)."""
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
+            dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _want(value: Any, types: type | tuple[type, ...], where: str, what: str) -> Any:
+    if not isinstance(value, types):
+        raise _Malformed(f"{where} is {_kind(value)}, not {what}")
+    return value
+
+
+def _opt_str(obj: dict[str, Any], key: str, where: str) -> str:
+    value = obj.get(key)
+    return "" if value is None else str(_want(value, str, f"{where}.{key}", "a string"))
+
+
+def _number(obj: Any, key: str) -> float | None:
+    """An optional count or duration: a non-negative number, or None (absent, null, or not a number)."""
+    value = obj.get(key) if isinstance(obj, dict) else None
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    return None
+
+
+@dataclass
+class _Choice:
+    text: str = ""
+    reasoning: str = ""
+    finish: str = ""
+
+
+@dataclass
+class _Usage:
+    prompt: int | None = None
+    completion: int | None = None
+    cached: int | None = None
+
+
+@dataclass
+class _Chunk:
+    """One streamed event, or the whole of a non-streamed answer."""
+
+    error: str | None = None
+    choices: list[_Choice] = field(default_factory=list)
+    usage: _Usage | None = None
+    timings: dict[str, float] | None = None  # llama-server's: prompt_n, prompt_ms, predicted_n, ...
+
+    @property
+    def progress(self) -> bool:
+        """Does this event move the answer on (text, thoughts or its end), unlike a role-only delta?"""
+        return any(c.text or c.reasoning or c.finish for c in self.choices)
+
+
+def _count(obj: dict[str, Any], key: str, where: str) -> int | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        raise _Malformed(f"{where}.{key} is {_kind(value)}, not a token count")
+    return int(value)
+
+
+def parse_usage(value: Any) -> _Usage | None:
+    if value is None:
+        return None
+    _want(value, dict, "usage", "an object")
+    details = value.get("prompt_tokens_details")
+    if details is not None:
+        _want(details, dict, "usage.prompt_tokens_details", "an object")
+    return _Usage(prompt=_count(value, "prompt_tokens", "usage"),
+                  completion=_count(value, "completion_tokens", "usage"),
+                  cached=_count(details, "cached_tokens", "usage.prompt_tokens_details") if details else None)
+
+
+def parse_chunk(obj: Any) -> _Chunk:
+    """A chat completion (chunk): {"choices": [{"delta" or "message": {...}, "finish_reason"}], "usage"}."""
+    _want(obj, dict, "the answer", "a JSON object")
+    if obj.get("error") is not None:
+        return _Chunk(error=_error_message(json.dumps(obj).encode()))
+    choices = obj.get("choices")
+    chunk = _Chunk(usage=parse_usage(obj.get("usage")))
+    if isinstance(obj.get("timings"), dict):
+        chunk.timings = {k: float(v) for k, v in obj["timings"].items()
+                         if isinstance(v, int | float) and not isinstance(v, bool)}
+    for i, choice in enumerate(_want(choices, list, "choices", "a list") if choices is not None else []):
+        where = f"choices[{i}]"
+        _want(choice, dict, where, "an object")
+        key = "delta" if choice.get("delta") is not None else "message"
+        delta = choice.get(key)
+        if delta is None:
+            delta = {}
+        _want(delta, dict, f"{where}.{key}", "an object")
+        where = f"{where}.{key}"
+        reasoning = _opt_str(delta, "reasoning_content", where) or _opt_str(delta, "reasoning", where)
+        finish = choice.get("finish_reason")
+        if finish is not None:
+            _want(finish, str, f"choices[{i}].finish_reason", "a string")
+        chunk.choices.append(_Choice(text=_opt_str(delta, "content", where), reasoning=reasoning,
+                                     finish=finish or ""))
+    return chunk
+
+
+@dataclass
+class _Model:
+    id: str
+    n_ctx: int = 0  # the context one request may use, where the server says
+    llama_cpp: bool = False  # llama-server's listing: /props has the context
+
+
+def parse_models(obj: Any) -> list[_Model]:
+    """GET /v1/models: {"data": [{"id": ..., ...}, ...]}. vLLM says max_model_len, SGLang
+    context_length, llama-server builds that have it meta.n_ctx (others only /props)."""
+    _want(obj, dict, "the model list", "a JSON object")
+    data = obj.get("data")
+    if data is None:
+        return []
+    models = []
+    for i, entry in enumerate(_want(data, list, "the model list's data", "a list")):
+        _want(entry, dict, f"data[{i}]", "an object")
+        ident = _want(entry.get("id"), str, f"data[{i}].id", "a string")
+        meta = entry.get("meta") if isinstance(entry.get("meta"), dict) else {}
+        n_ctx = next((int(v) for v in (_number(entry, "max_model_len"), _number(entry, "context_length"),
+                                       _number(meta, "n_ctx")) if v), 0)
+        models.append(_Model(ident, n_ctx, llama_cpp=entry.get("owned_by") == "llamacpp" or bool(meta)))
+    return models
+
+
+def parse_props_n_ctx(obj: Any) -> int:
+    """llama-server's GET /props: the context of one slot, default_generation_settings.n_ctx (0: not said)."""
+    if not isinstance(obj, dict):
+        return 0
+    value = _number(obj.get("default_generation_settings"), "n_ctx") or _number(obj, "n_ctx")
+    return int(value or 0)
+
+
+@dataclass
+class _StreamState:
+    last_progress: float  # perf_counter() of the last event that moved the answer on
+    done: bool = False  # the stream reached its end ([DONE], or a whole non-streamed body)
+    finished: bool = False  # a finish_reason arrived: what may follow is only usage and [DONE]
+
+
 @dataclass
 class _Answer:
     """One streamed reply as it arrives."""
@@ -289,6 +451,7 @@ class _Answer:
     conn: http.client.HTTPConnection
     resp: http.client.HTTPResponse
     t_sent: float
+    sock: Any = None  # the socket under `resp` (http.client lets go of it once a reply will close)
 
 
 class RemoteEngine:
@@ -358,8 +521,11 @@ class RemoteEngine:
         the open response once the server answers 200."""
         body = json.dumps(payload, ensure_ascii=False).encode() if payload is not None else None
         attempt = 0
+        # No single wait is longer than the timeout the user allowed (nor than a minute): a server
+        # asking for an hour (Retry-After: 3600) is told so on stderr and asked again sooner.
+        longest = min(_MAX_DELAY_S, self.config.timeout)
         while True:
-            delay = self.config.backoff_s * (2 ** attempt) * (1 + 0.1 * random.random())
+            delay = min(longest, self.config.backoff_s * (2 ** attempt) * (1 + 0.1 * random.random()))
             try:
                 conn = self._connect()
             except (ConnectionError, TimeoutError) as exc:
@@ -371,7 +537,7 @@ class RemoteEngine:
                 raise self._unreachable(exc) from None
             except OSError as exc:  # name resolution, no route, TLS: not worth retrying
                 raise self._unreachable(exc) from None
-            t_sent = time.perf_counter()
+            sock, t_sent = conn.sock, time.perf_counter()
             try:
                 conn.request(method, self.prefix + path, body=body, headers=self._headers(stream))
                 resp = conn.getresponse()
@@ -389,7 +555,7 @@ class RemoteEngine:
                 raise ServerError(f"server {self.url}", f"connection lost: {exc or type(exc).__name__}",
                                   batch_fatal=True) from None
             if resp.status == 200:
-                return _Answer(conn, resp, t_sent)
+                return _Answer(conn, resp, t_sent, sock)
             try:
                 raw = resp.read(1 << 16)
             except (OSError, http.client.HTTPException):
@@ -401,9 +567,11 @@ class RemoteEngine:
             # under a 500 (llama-cpp-python's server answers its validation errors that way).
             invalid = bool(_INVALID.search(message))
             if resp.status in _RETRY_STATUS and not (refusal or invalid) and attempt < self.config.retries:
-                wait = _retry_after(resp.getheader("Retry-After"))
-                wait = min(_MAX_DELAY_S, wait if wait is not None else delay)
-                self._log(f"server {self.url}: HTTP {resp.status} ({message}); retrying in {wait:.1f} s")
+                asked = _retry_after(resp.getheader("Retry-After"))
+                wait = min(longest, asked) if asked is not None else delay
+                note = (f"; it asks for {asked:g} s (Retry-After), more than the longest wait allowed"
+                        f" ({longest:g} s, the timeout or a minute)" if asked is not None and asked > longest else "")
+                self._log(f"server {self.url}: HTTP {resp.status} ({message}){note}; retrying in {wait:.1f} s")
                 time.sleep(wait)
                 attempt += 1
                 continue
@@ -430,32 +598,57 @@ class RemoteEngine:
         return ServerError(subject, f"HTTP {status}: {message}")
 
     # --- model facts --------------------------------------------------------------------------------
-    def _probe(self) -> None:
-        """GET /v1/models: is anybody there, which model, how much context (vLLM says max_model_len).
-        A server without the listing is fine; an unreachable one is an error right away."""
+    def _malformed(self, what: str, exc: _Malformed | str) -> ServerError:
+        return MalformedAnswer(f"server {self.url}", f"malformed {what}: {exc}")
+
+    def _get_json(self, path: str, what: str) -> Any:
+        """GET a JSON document; ServerError if the server fails or the body is not JSON."""
+        ans = self._send("GET", path, None, stream=False)
         try:
-            ans = self._send("GET", "/v1/models", None, stream=False)
+            raw = ans.resp.read(1 << 22)
+        except TimeoutError:
+            raise ServerError(f"server {self.url}", f"no answer within {self.config.timeout:g} s") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise ServerError(f"server {self.url}", f"connection lost: {exc or type(exc).__name__}") from None
+        finally:
+            ans.conn.close()
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise self._malformed(what, f"not JSON: {_error_message(raw)[:200]}") from None
+
+    def _probe(self) -> None:
+        """GET /v1/models: is anybody there, which model, how much context (vLLM's max_model_len,
+        SGLang's context_length, llama-server's meta.n_ctx or else its /props). A server without
+        the listing is fine; an unreachable one, or a listing of the wrong shape, is an error right away."""
+        try:
+            data = self._get_json("/v1/models", "model list")
         except ServerError as exc:
-            if exc.batch_fatal:  # unreachable, or the key was refused
+            if exc.batch_fatal or isinstance(exc, MalformedAnswer):  # unreachable, refused key, not a server
                 raise
             return  # no listing here: send requests without a model name
         try:
-            data = json.loads(ans.resp.read(1 << 20) or b"{}")
-        except (ValueError, OSError, http.client.HTTPException):
-            data = {}
-        finally:
-            ans.conn.close()
-        models = data.get("data") if isinstance(data, dict) else None
-        if not isinstance(models, list) or not models:
+            models = parse_models(data)
+        except _Malformed as exc:
+            raise self._malformed("model list", exc) from None
+        if not models:
             return
-        chosen = next((m for m in models if isinstance(m, dict) and m.get("id") == self.model), None)
-        if chosen is None and self.model is None and isinstance(models[0], dict):
+        chosen = next((m for m in models if m.id == self.model), None)
+        if chosen is None and self.model is None:
             chosen = models[0]
-            self.model = str(chosen.get("id") or "") or None
-        if isinstance(chosen, dict):
-            value = chosen.get("max_model_len") or chosen.get("context_length")  # vLLM, SGLang
-            if isinstance(value, int) and value > 0:
-                self.server_n_ctx = value
+            self.model = chosen.id or None
+        elif chosen is None:
+            # A single-model llama-server answers to any name, so a typo would pass unnoticed.
+            listed = ", ".join(repr(m.id) for m in models[:8]) + (", ..." if len(models) > 8 else "")
+            self._log(f"server {self.url} does not list model {self.model!r} (it lists {listed}); "
+                      "sending the name anyway")
+        if chosen is not None:
+            self.server_n_ctx = chosen.n_ctx
+            if not self.server_n_ctx and chosen.llama_cpp:
+                try:
+                    self.server_n_ctx = parse_props_n_ctx(self._get_json("/props", "/props"))
+                except ServerError:
+                    pass  # an older server, or /props turned off: the context stays unknown
 
     # --- Engine protocol ------------------------------------------------------------------------------
     def count_tokens(self, messages: list[Message], options: GenerateOptions) -> TokenCount:
@@ -505,20 +698,52 @@ class RemoteEngine:
             raise
         return self._stream(ans, messages, options)
 
-    def _events(self, ans: _Answer) -> Iterator[dict[str, Any]]:
-        """JSON objects of the SSE stream (or the one object of a non-streamed answer)."""
+    def _events(self, ans: _Answer, state: _StreamState) -> Iterator[_Chunk]:
+        """The chunks of the SSE stream (or the one chunk of a non-streamed answer), shape-checked.
+        `state.done` tells whether the stream reached its end ([DONE]) rather than just closing;
+        the timeout runs from the last event that moved the answer on, so keep-alive comments
+        (": ping") and role-only deltas do not hold the client past it."""
         ctype = (ans.resp.getheader("Content-Type") or "").lower()
+        timeout = self.config.timeout
+
+        def wait_for_more() -> None:
+            left = state.last_progress + timeout - time.perf_counter()
+            if left <= 0:
+                raise TimeoutError
+            if ans.sock is not None:
+                ans.sock.settimeout(left)
+
+        def parse(obj: Any) -> _Chunk:
+            try:
+                chunk = parse_chunk(obj)
+            except _Malformed as exc:
+                raise self._malformed("answer", exc) from None
+            if chunk.progress:
+                state.last_progress = time.perf_counter()
+            state.finished = state.finished or any(c.finish for c in chunk.choices)
+            return chunk
+
         if "text/event-stream" not in ctype:
+            wait_for_more()
             raw = ans.resp.read()
             try:
                 obj = json.loads(raw)
             except ValueError:
-                raise ServerError(f"server {self.url}", f"not a chat completion: {_error_message(raw)}") from None
-            if isinstance(obj, dict):
-                yield obj
+                raise self._malformed("answer", f"not a chat completion: {_error_message(raw)[:200]}") from None
+            state.done = True  # the whole body arrived (http.client checks its length)
+            yield parse(obj)
             return
         data: list[str] = []
-        for raw_line in ans.resp:
+        while True:
+            wait_for_more()
+            try:
+                raw_line = ans.resp.readline()
+            except (ConnectionError, http.client.HTTPException):
+                if state.finished:  # the answer is whole; only its usage (or [DONE]) was lost
+                    break
+                raise
+            if not raw_line:
+                break
             line = raw_line.decode("utf-8", "replace").rstrip("\r\n")
             if line.startswith("data:"):
                 data.append(line[5:].lstrip(" ") if line[5:6] == " " else line[5:])
@@ -527,67 +752,73 @@ class RemoteEngine:
                 continue  # comments (": ping"), event names, ids, blank keep-alives
             payload, data = "\n".join(data), []
             if payload.strip() == "[DONE]":
+                state.done = True
                 return
             try:
                 obj = json.loads(payload)
             except ValueError:
-                raise ServerError(f"server {self.url}", f"bad event in the stream: {payload[:200]}") from None
-            if isinstance(obj, dict):
-                yield obj
-        if data and data[-1].strip() not in ("", "[DONE]"):
+                raise self._malformed("answer", f"bad event in the stream: {payload[:200]}") from None
+            yield parse(obj)
+        if data and data[-1].strip() == "[DONE]":
+            state.done = True
+        elif data:  # a last event without its blank line
             try:
                 obj = json.loads("\n".join(data))
             except ValueError:
-                return
-            if isinstance(obj, dict):
-                yield obj
+                return  # cut off: the stream did not end
+            yield parse(obj)
 
     def _stream(self, ans: _Answer, messages: list[Message], options: GenerateOptions) -> Iterator[str]:
         stats = self.stats
         thoughts = ThoughtFilter(options.on_thought)
+        state = _StreamState(last_progress=ans.t_sent)
         t_first: float | None = None
         chunks = 0
-        usage: dict[str, Any] = {}
-        timings: dict[str, Any] = {}
+        usage = _Usage()
+        timings: dict[str, float] = {}
         finish = ""
+        subject = f"server {self.url}"
         try:
-            for obj in self._events(ans):
-                if "error" in obj:
-                    message = _error_message(json.dumps(obj).encode())
-                    raise ServerError(f"server {self.url}", f"error in the middle of an answer: {message}")
-                if isinstance(obj.get("usage"), dict):
-                    usage = obj["usage"]
-                if isinstance(obj.get("timings"), dict):
-                    timings = obj["timings"]
-                for choice in obj.get("choices") or []:
-                    if not isinstance(choice, dict):
-                        continue
-                    delta = choice.get("delta") or choice.get("message") or {}
-                    reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-                    if reasoning and options.on_thought:
-                        options.on_thought(str(reasoning))
-                    text = delta.get("content")
-                    if reasoning or text:
+            for chunk in self._events(ans, state):
+                if chunk.error is not None:
+                    raise ServerError(subject, f"error in the middle of an answer: {chunk.error}")
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                if chunk.timings is not None:
+                    timings = chunk.timings
+                for choice in chunk.choices:
+                    if choice.reasoning and options.on_thought:
+                        options.on_thought(choice.reasoning)
+                    if choice.reasoning or choice.text:
                         chunks += 1
                         if t_first is None:
                             t_first = time.perf_counter()
-                    if text:
-                        visible = thoughts.feed(str(text))
+                    if choice.text:
+                        visible = thoughts.feed(choice.text)
                         if visible:
                             yield visible
-                    if choice.get("finish_reason"):
-                        finish = str(choice["finish_reason"])
+                    if choice.finish:
+                        finish = choice.finish
+            if not (state.done or finish):
+                # Closed before [DONE] and without a finish_reason: a server that died or a proxy
+                # that cut the stream. What arrived may be any prefix of the answer.
+                raise ServerError(subject, "the answer was cut off: the stream closed before its end "
+                                  "(no finish_reason, no [DONE])")
             tail = thoughts.flush()
             if tail:
                 yield tail
         except TimeoutError:
-            raise ServerError(f"server {self.url}", f"silent for {self.config.timeout:g} s in the middle of an answer",
+            if t_first is None:
+                raise ServerError(subject, f"no answer within {self.config.timeout:g} s",
+                                  "the server may be overloaded; raise --timeout") from None
+            raise ServerError(subject, f"no progress for {self.config.timeout:g} s in the middle of an answer",
                               "raise --timeout") from None
         except (ConnectionError, http.client.HTTPException) as exc:
-            raise ServerError(f"server {self.url}",
+            raise ServerError(subject,
                               f"connection lost in the middle of an answer: {exc or type(exc).__name__}") from None
         finally:
             ans.conn.close()
+            ans.resp.close()
             if self._slots is not None:
                 self._slots.release()
             t_end = time.perf_counter()
@@ -595,32 +826,30 @@ class RemoteEngine:
                              ans.t_sent, t_first or t_end, t_end)
 
     def _fill_stats(self, stats: EngineStats, messages: list[Message], options: GenerateOptions,
-                    usage: dict[str, Any], timings: dict[str, Any], finish: str, chunks: int,
+                    usage: _Usage, timings: dict[str, float], finish: str, chunks: int,
                     t_sent: float, t_first: float, t_end: float) -> None:
-        def num(d: dict[str, Any], key: str) -> int | None:
-            v = d.get(key)
-            return int(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+        def num(key: str) -> int | None:
+            v = timings.get(key)
+            return int(v) if v is not None else None
 
-        prompt = num(usage, "prompt_tokens")
+        prompt = usage.prompt
         if prompt is None:
             prompt = self.count_tokens(messages, options).total
-        cached = num(usage.get("prompt_tokens_details") or {}, "cached_tokens")
-        if cached is None:
-            cached = num(timings, "cache_n")
-        evaluated = num(timings, "prompt_n")
+        cached = usage.cached if usage.cached is not None else num("cache_n")
+        evaluated = num("prompt_n")
         if evaluated is None:
             evaluated = max(0, prompt - (cached or 0))
-        generated = num(usage, "completion_tokens")
+        generated = usage.completion
         if generated is None:
-            generated = num(timings, "predicted_n")
+            generated = num("predicted_n")
         if generated is None:
             generated = chunks
         stats.prompt_tokens = prompt
         stats.prompt_evaluated = evaluated
         stats.generated = generated
         prompt_ms, predicted_ms = timings.get("prompt_ms"), timings.get("predicted_ms")
-        stats.prefill_s = float(prompt_ms) / 1000 if isinstance(prompt_ms, int | float) else t_first - t_sent
-        stats.decode_s = float(predicted_ms) / 1000 if isinstance(predicted_ms, int | float) else t_end - t_first
+        stats.prefill_s = prompt_ms / 1000 if prompt_ms is not None else t_first - t_sent
+        stats.decode_s = predicted_ms / 1000 if predicted_ms is not None else t_end - t_first
         stats.stop_reason = {"stop": "eog", "length": "length", "": "eog" if chunks else ""}.get(finish, finish)
         with self._lock:
             self._totals[0] += evaluated
@@ -640,5 +869,5 @@ class RemoteEngine:
         self.close()
 
 
-__all__ = ["RemoteConfig", "RemoteEngine", "ServerError", "base_url", "openai_messages", "request_body",
-           "wav_bytes"]
+__all__ = ["MalformedAnswer", "RemoteConfig", "RemoteEngine", "ServerError", "base_url", "openai_messages",
+           "request_body", "wav_bytes"]
