@@ -37,8 +37,8 @@ app.command("chat", epilog=EPILOG, help="One-shot or interactive chat, with -a a
 app.add_typer(models.app, name="models", epilog=EPILOG)
 
 
-def _version(value: bool) -> None:
-    if value:
+def _version(ctx: typer.Context, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
         print(f"gemmapipe {__version__}")
         raise typer.Exit()
 
@@ -80,6 +80,10 @@ def run(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     traceback = _want_traceback(args)
     command = typer.main.get_command(app)
+    if os.environ.get("_GEMMAPIPE_COMPLETE"):  # a Tab in bash, zsh or fish (see completions/)
+        from .completion import complete
+
+        return complete(command, os.environ["_GEMMAPIPE_COMPLETE"])
     try:
         defaults = default_map(load_config(), COMMANDS)
         result = command.main(args=args, prog_name="gemmapipe", standalone_mode=False, default_map=defaults)

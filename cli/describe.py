@@ -5,6 +5,7 @@ from typing import Annotated, Any
 
 import typer
 
+from .completion import choices, one_of
 from .options import (
     DRY_RUN,
     ERRORS_AS_RECORDS,
@@ -34,8 +35,9 @@ def command(
     image_tokens: Annotated[int, typer.Option("--image-tokens", min=70, max=1120,
                                               help="Token budget per image (70-1120).")] = 280,
     fmt: Annotated[str | None, typer.Option("-f", "--format", rich_help_panel=OUTPUT_PANEL, show_default=False,
-                                            help="Output format: txt, json, jsonl (default: txt; jsonl for "
-                                                 "several inputs to one stream).")] = None,
+                                            metavar=one_of(FORMATS), autocompletion=choices(FORMATS),
+                                            help="Output format (default: txt; jsonl for several inputs to "
+                                                 "one stream).")] = None,
     output_dir: Annotated[Path | None, OUTPUT_DIR] = None,
     dry_run: Annotated[bool, DRY_RUN] = False,
     fail_fast: Annotated[bool, FAIL_FAST] = False,

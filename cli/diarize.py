@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from .completion import choices, one_of
 from .options import (
     DRY_RUN,
     ERRORS_AS_RECORDS,
@@ -28,7 +29,8 @@ FORMATS = ["txt", "rttm", "srt", "vtt", "json", "jsonl"]
 def command(
     inputs: Annotated[list[str] | None, input_args("Audio or video files, or - for stdin.")] = None,
     fmt: Annotated[str | None, typer.Option("-f", "--format", rich_help_panel=OUTPUT_PANEL, show_default=False,
-                                            help=f"Output format: {', '.join(FORMATS)} (default: txt).")] = None,
+                                            metavar=one_of(FORMATS), autocompletion=choices(FORMATS),
+                                            help="Output format (default: txt).")] = None,
     speakers: Annotated[int | None, typer.Option("--speakers", min=1, show_default=False,
                                                  help="Exact number of speakers, if known.")] = None,
     min_speakers: Annotated[int, typer.Option("--min-speakers", min=1, help="At least this many speakers.")] = 1,

@@ -96,9 +96,9 @@ def man_page() -> str:
 
 
 def completion(shell: str) -> str:
-    from typer._completion_shared import get_completion_script
+    from .completion import SCRIPTS
 
-    return get_completion_script(prog_name="gemmapipe", complete_var="_GEMMAPIPE_COMPLETE", shell=shell)
+    return SCRIPTS[shell]
 
 
 def outputs(root: Path) -> dict[Path, str]:

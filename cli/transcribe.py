@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from .completion import choices, one_of
 from .options import (
     DRY_RUN,
     ERRORS_AS_RECORDS,
@@ -111,8 +112,9 @@ def runner_meta(runner: Runner) -> dict[str, Any]:
 def command(
     inputs: Annotated[list[str] | None, input_args("Audio or video files, or - for stdin.")] = None,
     fmt: Annotated[str | None, typer.Option("-f", "--format", rich_help_panel=OUTPUT_PANEL,
-                                            help=f"Output format: {', '.join(FORMATS)} (default: txt; jsonl for "
-                                                 "several inputs to one stream).", show_default=False)] = None,
+                                            metavar=one_of(FORMATS), autocompletion=choices(FORMATS),
+                                            help="Output format (default: txt; jsonl for several inputs to "
+                                                 "one stream).", show_default=False)] = None,
     language: Annotated[str | None, typer.Option("-l", "--language", show_default=False,
                                                  help="Spoken language, e.g. English (default: detect).")] = None,
     prompt: Annotated[str | None, typer.Option("--prompt", show_default=False,

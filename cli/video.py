@@ -5,6 +5,7 @@ from typing import Annotated
 
 import typer
 
+from .completion import choices, one_of
 from .options import DRY_RUN, OUTPUT_PANEL, Common, with_common
 from .runner import Runner
 
@@ -28,8 +29,8 @@ def command(
     no_dedupe: Annotated[bool, typer.Option("--no-dedupe", help="Keep repeated frames and silent seconds.")]
     = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not reuse or save the prefilled state.")] = False,
-    fmt: Annotated[str, typer.Option("-f", "--format", rich_help_panel=OUTPUT_PANEL,
-                                     help="Output format: txt, md, json.")] = "txt",
+    fmt: Annotated[str, typer.Option("-f", "--format", rich_help_panel=OUTPUT_PANEL, metavar=one_of(FORMATS),
+                                     autocompletion=choices(FORMATS), help="Output format.")] = "txt",
     dry_run: Annotated[bool, DRY_RUN] = False,
     *,
     common: Common,
