@@ -100,11 +100,6 @@ def complete(cli: Any, instruction: str, environ: Any = None) -> int:
     return 0
 
 
-def one_of(values: list[str]) -> str:
-    """The metavar of an option taking one of `values`: [a|b|c]."""
-    return "[" + "|".join(values) + "]"
-
-
 def choices(values: list[str], *, multiple: bool = False) -> Any:
     """An `autocompletion` callback offering `values`; with `multiple`, after a comma as well."""
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .completion import choices, one_of
+from .completion import choices
 from .options import (
     DRY_RUN,
     ERRORS_AS_RECORDS,
@@ -112,16 +112,18 @@ def runner_meta(runner: Runner) -> dict[str, Any]:
 def command(
     inputs: Annotated[list[str] | None, input_args("Audio or video files, or - for stdin.")] = None,
     fmt: Annotated[str | None, typer.Option("-f", "--format", rich_help_panel=OUTPUT_PANEL,
-                                            metavar=one_of(FORMATS), autocompletion=choices(FORMATS),
-                                            help="Output format (default: txt; jsonl for several inputs to "
-                                                 "one stream).", show_default=False)] = None,
+                                            metavar="FORMAT", autocompletion=choices(FORMATS),
+                                            help=f"Output format: {', '.join(FORMATS)} (default: txt; jsonl for "
+                                                 "several inputs to one stream).", show_default=False)] = None,
     language: Annotated[str | None, typer.Option("-l", "--language", show_default=False,
                                                  help="Spoken language, e.g. English (default: detect).")] = None,
     prompt: Annotated[str | None, typer.Option("--prompt", show_default=False,
                                                help="Context or vocabulary to help the model.")] = None,
-    start: Annotated[str | None, typer.Option("--start", show_default=False, help="Start at this time (90, 1:30).")]
+    start: Annotated[str | None, typer.Option("--start", show_default=False, metavar="TIME",
+                                              help="Start at this time (90, 1:30).")]
     = None,
-    end: Annotated[str | None, typer.Option("--end", show_default=False, help="Stop at this time.")] = None,
+    end: Annotated[str | None, typer.Option("--end", show_default=False, metavar="TIME",
+                                            help="Stop at this time.")] = None,
     output_dir: Annotated[Path | None, OUTPUT_DIR] = None,
     dry_run: Annotated[bool, DRY_RUN] = False,
     fail_fast: Annotated[bool, FAIL_FAST] = False,

@@ -207,3 +207,75 @@ def test_transcribe_without_audio_projector_exit_4(tmp_path: Path, capsys: pytes
     assert run(["transcribe", "-m", str(model), str(wav)]) == ExitStatus.MODEL
     err = capsys.readouterr().err
     assert "mmproj-m.gguf" in err and "no audio encoder" in err
+
+
+# --- help, version, bare command -------------------------------------------------------------------
+
+def _help(*args: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "gemmapipe", *args, "--help"], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "100"})
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_help_groups_options_in_their_panels_with_readable_metavars() -> None:
+    import re
+
+    for name in ("transcribe", "diarize", "describe", "video", "chat"):
+        text = _help(name)
+        assert "<str>" not in text and "<int" not in text and "<path>" not in text and "x>=" not in text, name
+        headings = re.findall(r"^(\S[^:]*):$", text, flags=re.M)
+        assert headings[-3:] == ["Output options", "Model options", "Server options"], (name, headings)
+        model_part = text.split("Model options:")[1].split("Server options:")[0]
+        assert "-m, --model FILE" in model_part and "-t, --threads N" in model_part and "--temperature NUM" in model_part
+        assert "--server URL" not in model_part and "--format" not in model_part
+    text = _help("transcribe")
+    assert "-f, --format FORMAT" in text and "txt, srt, vtt, json, jsonl, tsv" in text
+    assert "--start TIME" in text and "--output-dir DIR" in text
+    assert "[at least 1]" in text
+    assert "--frame-tokens N" in _help("video") and "70 to 1120" in _help("video")
+
+
+def test_top_level_help_does_not_cut_the_models_line() -> None:
+    line = next(row for row in _help().splitlines() if row.strip().startswith("models"))
+    assert not line.endswith("...")
+    assert "Download, list and locate models." in line
+
+
+@pytest.mark.parametrize("argv", [[], ["models"]])
+def test_bare_command_shows_its_help_as_a_usage_error(argv: list[str]) -> None:
+    proc = subprocess.run([sys.executable, "-m", "gemmapipe", *argv], capture_output=True, text=True)
+    assert proc.returncode == ExitStatus.USAGE
+    assert proc.stdout == ""
+    assert proc.stderr.startswith("Usage: gemmapipe ")
+    assert "error" not in proc.stderr.splitlines()[0]
+
+
+def test_video_without_input_says_what_transcribe_says(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["video"]) == ExitStatus.USAGE
+    assert capsys.readouterr().err.splitlines()[0] == "gemmapipe: error: input: no input given"
+
+
+def test_version_names_llama_cpp_and_its_backends_without_heavy_imports() -> None:
+    code = ("import sys\nfrom gemmapipe.cli.app import run\nrc = run(['--version'])\n"
+            "heavy = [m for m in ('numpy', 'av', 'PIL', 'soundfile', 'jinja2') if m in sys.modules]\n"
+            "print(heavy, file=sys.stderr)\nsys.exit(rc or (1 if heavy else 0))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    from importlib.metadata import version
+
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("gemmapipe ")
+    assert lines[1] == f"llama-cpp-python {version('llama_cpp_python')}"
+    assert lines[2].startswith("llama.cpp backends: ") and "CPU" in lines[2]
+    assert lines[2].endswith(("GPU offload: yes", "GPU offload: no"))
+
+
+def test_system_info_parsing_names_gpu_backends() -> None:
+    from gemmapipe.cli.app import parse_system_info
+
+    cuda = "CUDA : ARCHS = 890 | USE_GRAPHS = 1 | PEER_MAX_BATCH_SIZE = 128 | CPU : SSE3 = 1 | AVX = 1 | "
+    assert parse_system_info(cuda) == {"CUDA": ["ARCHS=890", "USE_GRAPHS", "PEER_MAX_BATCH_SIZE=128"],
+                                       "CPU": ["SSE3", "AVX"]}
+    assert list(parse_system_info("Metal : EMBED_LIBRARY = 1 | CPU : NEON = 1 | ARM_FMA = 1 | ")) == ["Metal", "CPU"]
+    assert parse_system_info("") == {}
