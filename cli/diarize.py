@@ -20,7 +20,7 @@ from .options import (
     with_common,
 )
 from .runner import Runner, read_files_from
-from .transcribe import dry_run_plans, run_segments
+from .transcribe import LANGUAGE_OPTION, dry_run_plans, run_segments
 
 FORMATS = ["txt", "rttm", "srt", "vtt", "json", "jsonl"]
 
@@ -37,8 +37,9 @@ def command(
     max_speakers: Annotated[int, typer.Option("--max-speakers", min=1, help="At most this many speakers.")] = 8,
     names: Annotated[str | None, typer.Option("--names", show_default=False, metavar="NAME,...",
                                               help="Comma-separated names, in order of first appearance.")] = None,
-    language: Annotated[str | None, typer.Option("-l", "--language", show_default=False,
-                                                 help="Spoken language (default: detect).")] = None,
+    language: Annotated[str | None, typer.Option("-l", "--language", **LANGUAGE_OPTION,
+                                                 help="Spoken language: an ISO 639-1 code or a name, e.g. de or "
+                                                      "German (default: detect).")] = None,
     score: Annotated[Path | None, typer.Option("--score", show_default=False, metavar="RTTM",
                                                help="Reference RTTM: print DER to stderr (needs gemmapipe[score]).")]
     = None,

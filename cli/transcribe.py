@@ -24,6 +24,34 @@ from .runner import Runner, read_files_from
 FORMATS = ["txt", "srt", "vtt", "json", "jsonl", "tsv"]
 
 
+def parse_language(ctx: typer.Context, param: Any, value: str | None) -> str | None:
+    """-l/--language at parse time (flag or config file): an ISO 639-1 code or a name -> the English
+    name the prompt needs; `auto` -> detect; anything else is a usage error with a hint."""
+    from gemmapipe.core import languages
+
+    if value is None or ctx.resilient_parsing or languages.is_auto(value):
+        return None
+    name = languages.language_name(value)
+    if name is not None:
+        return name
+    from gemmapipe.core.errors import UsageError
+
+    guess = languages.closest(value)
+    hint = f"did you mean {guess} ({languages.code_of(guess)})?" if guess else \
+        "give an ISO 639-1 code or an English name (en, English, de, German), or auto to detect"
+    raise UsageError("--language", f"unknown language {value!r}", hint)
+
+
+def complete_language(incomplete: str) -> list[tuple[str, str]]:
+    from gemmapipe.core.languages import LANGUAGES
+
+    return [*((name, code) for code, name in LANGUAGES.items()), *LANGUAGES.items(), ("auto", "detect")]
+
+
+LANGUAGE_OPTION = {"metavar": "LANG", "callback": parse_language, "autocompletion": complete_language,
+                   "show_default": False}
+
+
 def dry_run_plans(inputs: list[str], runner: Runner, **plan_kw: Any) -> int:
     """Print the plan of each input as JSON (one object per line for several) and load no model."""
     import json
@@ -115,8 +143,9 @@ def command(
                                             metavar="FORMAT", autocompletion=choices(FORMATS),
                                             help=f"Output format: {', '.join(FORMATS)} (default: txt; jsonl for "
                                                  "several inputs to one stream).", show_default=False)] = None,
-    language: Annotated[str | None, typer.Option("-l", "--language", show_default=False,
-                                                 help="Spoken language, e.g. English (default: detect).")] = None,
+    language: Annotated[str | None, typer.Option("-l", "--language", **LANGUAGE_OPTION,
+                                                 help="Spoken language: an ISO 639-1 code or a name, e.g. de or "
+                                                      "German (default: detect).")] = None,
     prompt: Annotated[str | None, typer.Option("--prompt", show_default=False,
                                                help="Context or vocabulary to help the model.")] = None,
     start: Annotated[str | None, typer.Option("--start", show_default=False, metavar="TIME",

@@ -279,3 +279,76 @@ def test_system_info_parsing_names_gpu_backends() -> None:
                                        "CPU": ["SSE3", "AVX"]}
     assert list(parse_system_info("Metal : EMBED_LIBRARY = 1 | CPU : NEON = 1 | ARM_FMA = 1 | ")) == ["Metal", "CPU"]
     assert parse_system_info("") == {}
+
+
+# --- -l/--language ---------------------------------------------------------------------------------
+
+def _speech(path: Path) -> Path:
+    import numpy as np
+    import soundfile as sf
+
+    x = np.zeros(3 * 16000, dtype=np.float32)
+    x[16000:32000] = (0.3 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32)
+    sf.write(path, x, 16000)
+    return path
+
+
+def _prompt_text(fake_engine: list) -> str:  # noqa: F811
+    from gemmapipe.core.engine.parts import Text
+
+    return "".join(p.text for p in fake_engine[-1].requests[-1][0][0].parts if isinstance(p, Text))
+
+
+@pytest.mark.parametrize(("given", "name"), [("en", "English"), ("DE", "German"), ("german", "German"),
+                                             ("Deutsch", "German"), ("pt-BR", "Portuguese"),
+                                             ("francais", "French"), ("yue", "Cantonese")])
+def test_language_codes_and_names_reach_the_prompt_as_english_names(
+        fake_model: Path, tmp_path: Path, fake_engine: list, given: str, name: str) -> None:  # noqa: F811
+    fake_engine.replies = ["hallo"]
+    assert run(["transcribe", "-l", given, str(_speech(tmp_path / "a.wav"))]) == 0
+    assert f"in {name} into {name} text" in _prompt_text(fake_engine)
+
+
+def test_diarize_language_is_mapped_too(fake_model: Path, tmp_path: Path, fake_engine: list) -> None:  # noqa: F811
+    fake_engine.replies = ['[{"speaker": "new", "text": "hallo"}]']
+    run(["diarize", "-l", "de", str(_speech(tmp_path / "a.wav"))])
+    text = _prompt_text(fake_engine)
+    assert " in German" in text and " in de" not in text
+
+
+def test_language_auto_means_detect(fake_model: Path, tmp_path: Path, fake_engine: list) -> None:  # noqa: F811
+    fake_engine.replies = ["hello"]
+    assert run(["transcribe", "-l", "auto", str(_speech(tmp_path / "a.wav"))]) == 0
+    assert "in its original language" in _prompt_text(fake_engine)
+
+
+@pytest.mark.parametrize(("command", "given", "hint"), [
+    ("transcribe", "Klingon", "ISO 639-1 code or an English name"),
+    ("diarize", "xx", "ISO 639-1 code or an English name"),
+    ("transcribe", "Germn", "did you mean German (de)?"),
+])
+def test_unknown_language_is_refused_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          command: str, given: str, hint: str) -> None:
+    # no model configured and the input does not exist: the language is what is reported
+    assert run([command, "-l", given, str(tmp_path / "missing.wav")]) == ExitStatus.USAGE
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"gemmapipe: error: --language: unknown language {given!r}"
+    assert hint in err[1]
+
+
+def test_language_from_the_config_file_is_checked_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "config" / "gemmapipe" / "config.toml"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text('[transcribe]\nlanguage = "Klingon"\n')
+    assert run(["transcribe", str(tmp_path / "missing.wav")]) == ExitStatus.USAGE
+    assert "unknown language 'Klingon'" in capsys.readouterr().err
+
+
+def test_language_table_is_consistent() -> None:
+    from gemmapipe.core import languages
+
+    assert "Klingon" not in languages.LANGUAGES.values()
+    assert all(code in languages.LANGUAGES for code in languages.ALIASES.values())
+    for code, name in languages.LANGUAGES.items():
+        assert languages.language_name(code) == name == languages.language_name(name.upper())
+    assert languages.language_name("tlh") is None and languages.language_name("") is None
