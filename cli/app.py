@@ -15,7 +15,10 @@ from gemmapipe.core.errors import EXIT_STATUS_HELP, ExitStatus, GemmapipeError
 
 from . import chat, describe, diarize, models, transcribe, video
 
-EPILOG = "Exit status: " + "; ".join(f"{int(code)} {text}" for code, text in EXIT_STATUS_HELP.items()) + "."
+# 141 is not an ExitStatus: it is what a filter killed by SIGPIPE reports (128 + 13), see run()
+EXIT_STATUS = {**{int(code): text for code, text in EXIT_STATUS_HELP.items()},
+               141: "stdout closed by its reader (SIGPIPE, as in | head)"}
+EPILOG = "Exit status: " + "; ".join(f"{code} {text}" for code, text in EXIT_STATUS.items()) + "."
 
 app = typer.Typer(
     name="gemmapipe",

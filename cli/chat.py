@@ -22,7 +22,7 @@ def _session_path(name: str) -> Path:
 @with_common
 def command(
     prompt: Annotated[str | None, typer.Argument(help="The prompt; piped stdin text is added to it.",
-                                                 show_default=False)] = None,
+                                                 show_default=False, metavar="PROMPT")] = None,
     attach: Annotated[list[str] | None, typer.Option("-a", "--attach", show_default=False, metavar="FILE",
                                                      help="Attach an image, audio or video file (repeatable; "
                                                           "- reads it from stdin).")] = None,

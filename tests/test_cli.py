@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -352,3 +353,38 @@ def test_language_table_is_consistent() -> None:
     for code, name in languages.LANGUAGES.items():
         assert languages.language_name(code) == name == languages.language_name(name.upper())
     assert languages.language_name("tlh") is None and languages.language_name("") is None
+
+
+# --- the man page ----------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_man_page_covers_models_chat_sessions_files_and_exit_statuses() -> None:
+    import re
+
+    man = (ROOT / "man" / "gemmapipe.1").read_text()
+    for section in ("SYNOPSIS", "INTERACTIVE CHAT", "SESSIONS", "ENVIRONMENT", "FILES", "EXIT STATUS", "EXAMPLES"):
+        assert f".SH {section}" in man or f'.SH "{section}"' in man, section
+    for name in ("pull", "list", "path"):
+        assert f'.SH "GEMMAPIPE MODELS {name.upper()}"' in man
+    for slash in ("/attach", "/reset", "/save", "/exit"):
+        assert f"\\fB{slash}" in man
+    assert '.SS "Model options"' in man and "\\fB\\-m, \\-\\-model FILE\\fR" in man
+    assert "\\fB141\\fR" in man and "config.toml" in man and "sessions/NAME.json" in man
+    # every variable the code reads is documented
+    used = set()
+    for source in [*ROOT.glob("cli/*.py"), *ROOT.glob("core/**/*.py")]:
+        used |= set(re.findall(r"\bGEMMAPIPE_[A-Z_]+\b", source.read_text()))
+    used -= {"GEMMAPIPE_"}
+    documented = set(re.findall(r"GEMMAPIPE_[A-Z_]+", man.replace("\\-", "-")))
+    assert used <= documented, used - documented
+
+
+def test_man_page_is_valid_roff() -> None:
+    groff = shutil.which("groff")
+    if groff is None:
+        pytest.skip("groff is not installed")
+    proc = subprocess.run([groff, "-man", "-ww", "-z", str(ROOT / "man" / "gemmapipe.1")], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
