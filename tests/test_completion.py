@@ -169,6 +169,24 @@ def test_zsh_tab(zsh: Interactive, typed: str, completed: str) -> None:
     assert zsh.tab(typed) == completed
 
 
+def test_zsh_sourced_script_completes_too(workdir: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    path = _need("zsh")
+    work, env = workdir
+    dump = tmp_path / "line"
+    shell = Interactive([path, "-f", "-i"], {**env, "PS1": "$ "}, work, [
+        "unsetopt beep",
+        "autoload -Uz compinit && compinit -u -D",
+        f"source {COMPLETIONS / '_gemmapipe'}",
+        f"_dump() {{ print -rn -- \"$BUFFER\" > {dump} }}",
+        "zle -N _dump",
+        "bindkey '^X^D' _dump",
+    ], dump)
+    try:
+        assert shell.tab("gemmapipe dia") == "gemmapipe diarize "
+    finally:
+        shell.close()
+
+
 def test_zsh_lists_choices_and_prints_no_error(zsh: Interactive) -> None:
     zsh.child.send("gemmapipe diarize -f \t")
     zsh.child.expect("rttm")
@@ -241,3 +259,18 @@ def test_unknown_shell_answers_nothing(capsys: pytest.CaptureFixture[str], monke
     assert run([]) == 2
     assert capsys.readouterr() == ("", "")
 
+
+
+@pytest.mark.parametrize("line", ["gemmapipe ", "gemmapipe nosuch --f", 'gemmapipe transcribe "my ta', "gemmapipe chat -- -",
+                                  "gemmapipe transcribe -t x -", "gemmapipe --version tr", "FOO=1 gemmapipe tr",
+                                  "gemmapipe transcribe --format=s"])
+def test_any_line_completes_quietly(line: str, tmp_path: Path) -> None:
+    env = {**os.environ, "_GEMMAPIPE_COMPLETE": "complete_bash", "_GEMMAPIPE_COMPLETE_LINE": line,
+           "XDG_CONFIG_HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "gemmapipe"], capture_output=True, text=True, env=env)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert "gemmapipe 0" not in proc.stdout  # --version's callback does not run while completing
+    expected = {"gemmapipe ": "plain,transcribe", "FOO=1 gemmapipe tr": "plain,transcribe",
+                'gemmapipe transcribe "my ta': "file,my ta", "gemmapipe transcribe --format=s": "plain,srt"}
+    if line in expected:
+        assert expected[line] in proc.stdout.splitlines()
