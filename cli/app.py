@@ -16,7 +16,10 @@ from gemmapipe.core.errors import EXIT_STATUS_HELP, ExitStatus, GemmapipeError
 from . import chat, describe, diarize, models, transcribe, video
 from .errors import error_line, quiet_broken_pipe, report
 
-EPILOG = "Exit status: " + "; ".join(f"{int(code)} {text}" for code, text in EXIT_STATUS_HELP.items()) + "."
+# 141 is not an ExitStatus: it is what a filter killed by SIGPIPE reports (128 + 13), see run()
+EXIT_STATUS = {**{int(code): text for code, text in EXIT_STATUS_HELP.items()},
+               141: "stdout closed by its reader (SIGPIPE, as in | head)"}
+EPILOG = "Exit status: " + "; ".join(f"{code} {text}" for code, text in EXIT_STATUS.items()) + "."
 
 app = typer.Typer(
     name="gemmapipe",
@@ -35,19 +38,69 @@ app.command("diarize", epilog=EPILOG, help="Who spoke when (and what).")(diarize
 app.command("describe", epilog=EPILOG, help="Image understanding: describe or answer about images.")(describe.command)
 app.command("video", epilog=EPILOG, help="Frames at 1 FPS plus audio, in one model call.")(video.command)
 app.command("chat", epilog=EPILOG, help="One-shot or interactive chat, with -a attachments.")(chat.command)
-app.add_typer(models.app, name="models", epilog=EPILOG)
+app.add_typer(models.app, name="models", epilog=EPILOG, short_help="Download, list and locate models.")
 
 
-def _version(value: bool) -> None:
-    if value:
-        print(f"gemmapipe {__version__}")
+def click_app() -> typer.core.TyperGroup:
+    """The Click command tree, with grouped help and readable metavars (run and docgen use this)."""
+    from .helpfmt import dress
+
+    return dress(typer.main.get_command(app))  # type: ignore[no-any-return]
+
+
+def parse_system_info(info: str) -> dict[str, list[str]]:
+    """llama_print_system_info() -> {backend: features}:
+    "CUDA : ARCHS = 890 | USE_GRAPHS = 1 | CPU : SSE3 = 1 | AVX = 1 | " -> {"CUDA": ["ARCHS=890",
+    "USE_GRAPHS"], "CPU": ["SSE3", "AVX"]}."""
+    backends: dict[str, list[str]] = {}
+    current = None
+    for field in (f.strip() for f in info.split("|")):
+        name, colon, rest = field.partition(" : ")
+        if colon:
+            current = name.strip()
+            backends[current] = []
+            field = rest.strip()
+        if current and field:
+            key, _, val = field.partition(" = ")
+            backends[current].append(key.strip() if val.strip() in ("", "1") else f"{key.strip()}={val.strip()}")
+    return backends
+
+
+def build_info() -> list[str]:
+    """What --version says about llama.cpp: the binding's version, the backends it was built with
+    (CPU, CUDA, Metal, Vulkan...) and whether layers can be offloaded. Only the ctypes bindings load
+    (not llama_cpp's __init__, numpy or a model), and only when --version is asked."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        lines = [f"llama-cpp-python {version('llama_cpp_python')}"]
+    except PackageNotFoundError:
+        return ["llama-cpp-python: not installed (pip install llama-cpp-python)"]
+    try:
+        from gemmapipe.core.engine.native import bindings
+
+        llama, _ = bindings()
+        info = llama.llama_print_system_info().decode("utf-8", "replace")
+        offload = bool(llama.llama_supports_gpu_offload())
+    except Exception as exc:  # a broken native library: say so, --version itself still works
+        return [*lines, f"llama.cpp: cannot load ({type(exc).__name__}: {exc})"]
+    backends = parse_system_info(info)
+    lines.append(f"llama.cpp backends: {', '.join(backends) or 'unknown'}; GPU offload: {'yes' if offload else 'no'}")
+    lines += [f"  {name}: {' '.join(features)}" for name, features in backends.items() if features]
+    return lines
+
+
+def _version(ctx: typer.Context, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        print("\n".join([f"gemmapipe {__version__}", *build_info()]))
         raise typer.Exit()
 
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True,
+        help="Print the version (and llama.cpp's, with its backends) and exit.")] = False,
 ) -> None:
     pass
 
@@ -144,13 +197,18 @@ def _want_traceback(argv: list[str]) -> bool:
 
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return the exit status instead of exiting (for tests and embedding)."""
+    from typer._click.exceptions import NoArgsIsHelpError
     from typer.exceptions import Abort, Exit, TyperException
 
     global _config
 
     args = list(sys.argv[1:] if argv is None else argv)
     traceback = _want_traceback(args)
-    command = typer.main.get_command(app)
+    command = click_app()
+    if os.environ.get("_GEMMAPIPE_COMPLETE"):  # a Tab in bash, zsh or fish (see completions/)
+        from .completion import complete
+
+        return complete(command, os.environ["_GEMMAPIPE_COMPLETE"])
     _config = _ConfigDefaults(command)
     try:
         result = command.main(args=args, prog_name="gemmapipe", standalone_mode=False, default_map=_config)
@@ -161,6 +219,9 @@ def run(argv: list[str] | None = None) -> int:
         if exc.exit_code == ExitStatus.INTERRUPTED:
             sys.stderr.write("\ngemmapipe: interrupted\n")
         return exc.exit_code
+    except NoArgsIsHelpError as exc:  # bare `gemmapipe` or `gemmapipe models`: the help, as a usage error
+        sys.stderr.write(exc.format_message().rstrip("\n") + "\n")
+        return ExitStatus.USAGE
     except TyperException as exc:  # Click's usage errors (Typer vendors Click)
         if traceback:
             raise

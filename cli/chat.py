@@ -22,18 +22,18 @@ def _session_path(name: str) -> Path:
 @with_common
 def command(
     prompt: Annotated[str | None, typer.Argument(help="The prompt; piped stdin text is added to it.",
-                                                 show_default=False)] = None,
-    attach: Annotated[list[str] | None, typer.Option("-a", "--attach", show_default=False,
+                                                 show_default=False, metavar="PROMPT")] = None,
+    attach: Annotated[list[str] | None, typer.Option("-a", "--attach", show_default=False, metavar="FILE",
                                                      help="Attach an image, audio or video file (repeatable; "
                                                           "- reads it from stdin).")] = None,
     system: Annotated[str | None, typer.Option("-s", "--system", show_default=False, help="System prompt.")] = None,
-    schema: Annotated[str | None, typer.Option("--schema", show_default=False,
+    schema: Annotated[str | None, typer.Option("--schema", show_default=False, metavar="SCHEMA",
                                                help="JSON Schema (inline or a file): the answer is valid JSON.")]
     = None,
     think: Annotated[bool, typer.Option("--think", help="Let the model think first; thoughts go to stderr.")]
     = False,
     cont: Annotated[bool, typer.Option("--continue", help="Continue the last conversation.")] = False,
-    session: Annotated[str | None, typer.Option("--session", show_default=False,
+    session: Annotated[str | None, typer.Option("--session", show_default=False, metavar="NAME",
                                                 help="Keep the conversation under this name between runs.")]
     = None,
     image_tokens: Annotated[int, typer.Option("--image-tokens", min=70, max=1120, help="Token budget per image.")]

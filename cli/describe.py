@@ -5,6 +5,7 @@ from typing import Annotated, Any
 
 import typer
 
+from .completion import choices
 from .options import (
     DRY_RUN,
     ERRORS_AS_RECORDS,
@@ -28,12 +29,13 @@ def command(
     inputs: Annotated[list[str] | None, input_args("Image files (any Pillow format), or - for stdin.")] = None,
     prompt: Annotated[str | None, typer.Option("-p", "--prompt", show_default=False,
                                                help="What to ask (default: a concise description).")] = None,
-    schema: Annotated[str | None, typer.Option("--schema", show_default=False,
+    schema: Annotated[str | None, typer.Option("--schema", show_default=False, metavar="SCHEMA",
                                                help="JSON Schema (inline or a file): the answer is valid JSON.")]
     = None,
     image_tokens: Annotated[int, typer.Option("--image-tokens", min=70, max=1120,
                                               help="Token budget per image (70-1120).")] = 280,
     fmt: Annotated[str | None, typer.Option("-f", "--format", rich_help_panel=OUTPUT_PANEL, show_default=False,
+                                            metavar="FORMAT", autocompletion=choices(FORMATS),
                                             help="Output format: txt, json, jsonl (default: txt; jsonl for "
                                                  "several inputs to one stream).")] = None,
     output_dir: Annotated[Path | None, OUTPUT_DIR] = None,

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from .completion import choices
 from .options import (
     DRY_RUN,
     ERRORS_AS_RECORDS,
@@ -19,7 +20,7 @@ from .options import (
     with_common,
 )
 from .runner import Runner, read_files_from
-from .transcribe import VAD, VADS, check_vad, dry_run_plans, run_segments
+from .transcribe import LANGUAGE_OPTION, VAD, VADS, check_vad, dry_run_plans, run_segments
 
 FORMATS = ["txt", "rttm", "srt", "vtt", "json", "jsonl"]
 
@@ -28,20 +29,24 @@ FORMATS = ["txt", "rttm", "srt", "vtt", "json", "jsonl"]
 def command(
     inputs: Annotated[list[str] | None, input_args("Audio or video files, or - for stdin.")] = None,
     fmt: Annotated[str | None, typer.Option("-f", "--format", rich_help_panel=OUTPUT_PANEL, show_default=False,
+                                            metavar="FORMAT", autocompletion=choices(FORMATS),
                                             help=f"Output format: {', '.join(FORMATS)} (default: txt).")] = None,
     speakers: Annotated[int | None, typer.Option("--speakers", min=1, show_default=False,
                                                  help="Exact number of speakers, if known.")] = None,
     min_speakers: Annotated[int, typer.Option("--min-speakers", min=1, help="At least this many speakers.")] = 1,
     max_speakers: Annotated[int, typer.Option("--max-speakers", min=1, help="At most this many speakers.")] = 8,
-    names: Annotated[str | None, typer.Option("--names", show_default=False,
+    names: Annotated[str | None, typer.Option("--names", show_default=False, metavar="NAME,...",
                                               help="Comma-separated names, in order of first appearance.")] = None,
-    language: Annotated[str | None, typer.Option("-l", "--language", show_default=False,
-                                                 help="Spoken language (default: detect).")] = None,
-    score: Annotated[Path | None, typer.Option("--score", show_default=False,
+    language: Annotated[str | None, typer.Option("-l", "--language", **LANGUAGE_OPTION,
+                                                 help="Spoken language: an ISO 639-1 code or a name, e.g. de or "
+                                                      "German (default: detect).")] = None,
+    score: Annotated[Path | None, typer.Option("--score", show_default=False, metavar="RTTM",
                                                help="Reference RTTM: print DER to stderr (needs gemmapipe[score]).")]
     = None,
-    start: Annotated[str | None, typer.Option("--start", show_default=False, help="Start at this time.")] = None,
-    end: Annotated[str | None, typer.Option("--end", show_default=False, help="Stop at this time.")] = None,
+    start: Annotated[str | None, typer.Option("--start", show_default=False, metavar="TIME",
+                                              help="Start at this time.")] = None,
+    end: Annotated[str | None, typer.Option("--end", show_default=False, metavar="TIME",
+                                            help="Stop at this time.")] = None,
     output_dir: Annotated[Path | None, OUTPUT_DIR] = None,
     dry_run: Annotated[bool, DRY_RUN] = False,
     fail_fast: Annotated[bool, FAIL_FAST] = False,

@@ -3,105 +3,186 @@ scripts from the Typer app itself, so they cannot drift from the options.
 
     python -m gemmapipe.cli.docgen [REPO_ROOT]     # rewrite man/ and completions/
     python -m gemmapipe.cli.docgen --check ROOT    # exit 1 if any is stale (tests run this)
+
+Options, their metavars, defaults, ranges and panels come from the same Click tree that `--help`
+renders (app.click_app); the prose sections (chat commands, sessions, files, environment, examples)
+are below, next to nothing else that could say them differently.
 """
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from gemmapipe.core.errors import EXIT_STATUS_HELP
-
 SHELLS = {"bash": "gemmapipe.bash", "zsh": "_gemmapipe", "fish": "gemmapipe.fish"}
+
+# /commands of the interactive chat; chat.HELP_INTERACTIVE names the ones there are
+SLASH_HELP = {
+    "/attach": "Attach an image, audio or video file to the next message.",
+    "/reset": "Forget the conversation so far (and the model's cached state).",
+    "/save": "Save the conversation to FILE (JSON).",
+    "/exit": "Leave (as does Ctrl-D).",
+}
+
+# Variables read outside Click's options (those are listed with their option and below, from envvar=)
+ENVIRONMENT = [
+    ("GEMMAPIPE_CONFIG", "The config file to read instead of $XDG_CONFIG_HOME/gemmapipe/config.toml."),
+    ("GEMMAPIPE_MODELS_DIR", "Where `models pull` puts models and where the default is looked for "
+                             "(default: $XDG_DATA_HOME/gemmapipe/models)."),
+    ("GEMMAPIPE_TRACEBACK", "Set to 1 to show tracebacks on errors (as --traceback)."),
+    ("GEMMAPIPE_VIDEO_THREADS",
+     "Video decoders working at once, each from its own keyframe (default: the usable cores, at most 8)."),
+    ("GEMMAPIPE_AUDIO_PROCS", "Helper processes decoding long audio files (0: none, all in the calling process)."),
+    ("GEMMAPIPE_AUDIO_SNDFILE",
+     "Set to 0 to decode long MP3 files with FFmpeg (PyAV) instead of libsndfile in parallel pieces."),
+    ("GEMMAPIPE_NO_REPACK", "Set to 1 to keep llama.cpp's plain CPU weight layout (no repacking, hence no AMX "
+                            "kernels): for hosts that die with SIGILL at the first matrix multiply."),
+    ("GEMMAPIPE_SPOOL_MAX", "Most bytes of standard input copied to a temporary file in $TMPDIR (default 4G; bytes, "
+                            "or with a K, M, G or T suffix, binary); a larger input is refused with exit status 3."),
+    ("GEMMAPIPE_FAULT_SIGNAL", "For tests: STAGE[:SIG[:SECONDS]] sends SIG (default INT) to the process SECONDS "
+                               "after a stage starts (load, prefill, decode, media, spool)."),
+    ("HF_TOKEN, HF_ENDPOINT", "Hugging Face token and endpoint for `models pull`, as the Hub's own tools use them."),
+    ("HF_HUB_OFFLINE", "Set to 1 to never touch the network (as `models pull --offline`)."),
+    ("XDG_CONFIG_HOME, XDG_DATA_HOME, XDG_CACHE_HOME",
+     "Base directories of the files below (default: ~/.config, ~/.local/share, ~/.cache)."),
+]
+
+FILES = [
+    ("$XDG_CONFIG_HOME/gemmapipe/config.toml",
+     "Defaults for every option, named as on the command line (dashes or underscores); a table named after a "
+     "subcommand, such as [transcribe], overrides the top level for it. Precedence: flag > environment > "
+     "config file > built-in."),
+    ("$XDG_DATA_HOME/gemmapipe/models/", "Models fetched by `gemmapipe models pull`, one folder per repository."),
+    ("$XDG_DATA_HOME/gemmapipe/sessions/NAME.json",
+     "Saved chat conversations (`chat --session NAME`); last.json is the one `chat --continue` picks up."),
+    ("$XDG_DATA_HOME/gemmapipe/history", "Line history of the interactive chat."),
+    ("$XDG_CACHE_HOME/gemmapipe/", "Caches that are safe to delete: prefilled video states (states/), model "
+                                   "checksums (sha256.json)."),
+]
+
+SESSIONS = [
+    "Every one-shot chat is saved as the conversation named last; `gemmapipe chat --continue PROMPT` goes on "
+    "from it. `--session NAME` keeps a conversation under NAME between runs (created on first use, continued "
+    "after). Attachments stay part of the conversation. In the interactive chat, /save FILE writes the "
+    "conversation to a file of your choice.",
+]
+
+EXAMPLES = [
+    ("Transcribe a talk to subtitles:", "gemmapipe transcribe -f srt -o talk.srt talk.mp3"),
+    ("German speech, a folder of files, one transcript per input:",
+     "gemmapipe transcribe -l de --output-dir out/ *.wav"),
+    ("Who spoke when, with known names:", "gemmapipe diarize --names Alice,Bob -f rttm meeting.wav"),
+    ("Ask about an image, answer as JSON following a schema:",
+     "gemmapipe describe -p 'How many people?' --schema schema.json photo.jpg"),
+    ("Summarise a video (frames and audio together):", "gemmapipe video -p 'Summarise this.' clip.mp4"),
+    ("Pipe text in, attach a file:", "git diff | gemmapipe chat -a screenshot.png 'Does this match?'"),
+    ("Fetch the default model once, then see where it is:", "gemmapipe models pull && gemmapipe models path"),
+    ("Use a running llama-server instead of a local GGUF:",
+     "gemmapipe chat --server http://localhost:8080 'Say hello.'"),
+]
 
 
 def _esc(text: str) -> str:
     text = " ".join(str(text).split())
     text = text.replace("\\", "\\\\").replace("-", "\\-")
+    text = re.sub(r"`([^`]+)`", r"\\fB\1\\fR", text)  # `a command` in bold
     return "\\&" + text if text.startswith((".", "'")) else text
 
 
-def _arg_name(p: Any) -> str:
-    return str(p.metavar or p.name).upper()
+def _tp(term: str, body: str) -> list[str]:
+    return [".TP", f"\\fB{_esc(term)}\\fR", _esc(body)]
 
 
-def _metavar(p: Any) -> str:
-    # Typer 0.29 keeps the annotation on the parameter; earlier versions give Click a typed ParamType
-    ann = str(getattr(getattr(p, "type_descriptor", None), "annotation", ""))
-    ann += " " + str(getattr(getattr(p, "type", None), "name", ""))
-    for key, name in (("int", "N"), ("float", "X"), ("path", "PATH")):
-        if key in ann.lower():
-            return name
-    return "TEXT"
+def _usage(cmd: Any, ctx: Any) -> str:
+    return " ".join(p for p in cmd.collect_usage_pieces(ctx) if p != "[OPTIONS]")
 
 
-def _params(cmd: Any) -> list[tuple[str, str]]:
-    rows = []
-    for p in cmd.params:
-        if getattr(p, "hidden", False):
-            continue
-        if p.param_type_name == "argument":
-            rows.append((_arg_name(p), getattr(p, "help", "") or ""))
-            continue
-        names = ", ".join([*p.opts, *p.secondary_opts])
-        metavar = "" if getattr(p, "is_flag", False) else f" {_metavar(p)}"
-        extra = []
-        if p.envvar:
-            extra.append(f"[env: {p.envvar}]")
-        if p.default not in (None, False, "", ()) and not getattr(p, "is_flag", False):
-            extra.append(f"[default: {p.default}]")
-        rows.append((names + metavar, " ".join([p.help or "", *extra]).strip()))
-    return rows
+def _command_section(path: str, cmd: Any, ctx: Any) -> list[str]:
+    from .helpfmt import OWN_PANEL, panels
+
+    lines = [f'.SH "{path.upper()}"', f".B {_esc(path)}", f"[\\fIOPTIONS\\fR] {_esc(_usage(cmd, ctx))}", ".PP",
+             _esc(cmd.help or "")]
+    args, groups = panels(cmd, ctx)
+    for name, help_text in args:
+        lines += _tp(name, help_text)
+    for panel, rows in groups.items():
+        if panel != OWN_PANEL:
+            lines += [f'.SS "{panel} options"']
+        for flag, help_text in rows:
+            if flag != "-h, --help":  # every command has it; said once, in the synopsis
+                lines += _tp(flag, help_text)
+    return lines
 
 
 def man_page() -> str:
-    import typer
-
     from gemmapipe import __version__
 
-    from .app import COMMANDS, app
+    from . import chat
+    from .app import COMMANDS, EXIT_STATUS, click_app
 
-    group = typer.main.get_command(app)
+    group = click_app()
+    root = group.make_context("gemmapipe", [], resilient_parsing=True)
+    contexts = {}
+    for name in COMMANDS:
+        contexts[name] = (group.commands[name], group.commands[name].make_context(name, [], parent=root,
+                                                                                  resilient_parsing=True))
+    models = group.commands["models"]
+    models_ctx = models.make_context("models", [], parent=root, resilient_parsing=True)
+    for name, sub in models.commands.items():
+        contexts[f"models {name}"] = (sub, sub.make_context(name, [], parent=models_ctx, resilient_parsing=True))
+
     lines = [
         f'.TH GEMMAPIPE 1 "" "gemmapipe {__version__}" "User Commands"',
         ".SH NAME",
         "gemmapipe \\- Gemma 4 unified multimodal model from the shell",
         ".SH SYNOPSIS",
     ]
-    for name in COMMANDS:
-        cmd = group.commands[name]  # type: ignore[attr-defined]
-        args = " ".join(_arg_name(p) for p in cmd.params if p.param_type_name == "argument")
-        lines += [f".B gemmapipe {name}", f"[\\fIOPTIONS\\fR] {_esc(args)}", ".br"]
-    lines += [".SH DESCRIPTION", _esc(group.help or "")]
-    for name in COMMANDS:
-        cmd = group.commands[name]  # type: ignore[attr-defined]
-        lines += [f'.SH "gemmapipe {name}"', _esc(cmd.help or "")]
-        for flag, help_text in _params(cmd):
-            lines += [".TP", f"\\fB{_esc(flag)}\\fR", _esc(help_text)]
-    lines += [".SH ENVIRONMENT",
-              ".TP", "\\fBGEMMAPIPE_MODEL\\fR, \\fBGEMMAPIPE_MMPROJ\\fR", "Default model and projector.",
-              ".TP", "\\fBGEMMAPIPE_TRACEBACK\\fR", "Set to 1 to show tracebacks on errors.",
-              ".TP", "\\fBGEMMAPIPE_VIDEO_THREADS\\fR",
-              "Video decoders working at once, each from its own keyframe (default: the usable cores, at most 8).",
-              ".TP", "\\fBGEMMAPIPE_AUDIO_PROCS\\fR",
-              "Helper processes decoding long audio files (0: none, all in the calling process).",
-              ".TP", "\\fBGEMMAPIPE_AUDIO_SNDFILE\\fR",
-              "Set to 0 to decode long MP3 files with FFmpeg (PyAV) instead of libsndfile in parallel pieces.",
-              ".TP", "\\fBGEMMAPIPE_SPOOL_MAX\\fR",
-              _esc("Most bytes of standard input copied to a temporary file in $TMPDIR (default 4G; bytes, or "
-                   "with a K, M, G or T suffix, binary); a larger input is refused with exit status 3."),
-              ".TP", "\\fBXDG_CONFIG_HOME\\fR",
-              _esc("Defaults are read from $XDG_CONFIG_HOME/gemmapipe/config.toml; precedence: "
-                   "flag > environment > config file > built-in."),
-              ".SH EXIT STATUS"]
-    for code, text in EXIT_STATUS_HELP.items():
-        lines += [".TP", f"\\fB{int(code)}\\fR", _esc(text)]
+    for name, (cmd, ctx) in contexts.items():
+        lines += [f".B gemmapipe {name}", f"[\\fIOPTIONS\\fR] {_esc(_usage(cmd, ctx))}", ".br"]
+    lines += [".B gemmapipe", "\\-\\-version | \\-\\-help", ".SH DESCRIPTION", _esc(group.help or ""), ".PP",
+              _esc("Results go to stdout (or -o FILE, written whole or not at all); progress, logs and the "
+                   "model's thinking go to stderr. Errors are one line, gemmapipe: error: WHAT: WHY, with a "
+                   "hint line where there is something to do, and a documented exit status."),
+              ".PP", _esc("Options shared by the model commands are grouped as in --help: the command's own, "
+                          "Output options, Model options (the local GGUF and llama.cpp) and Server options "
+                          "(an OpenAI-compatible server instead of a local model).")]
+    for name, (cmd, ctx) in contexts.items():
+        lines += _command_section(f"gemmapipe {name}", cmd, ctx)
+
+    lines += [".SH INTERACTIVE CHAT",
+              _esc("gemmapipe chat with no prompt, stdin and stdout on a terminal, starts a conversation: "
+                   "each line is a message, answers stream as Markdown. Lines starting with / are commands:")]
+    for item in chat.HELP_INTERACTIVE.split(", "):
+        word = item.split()[0]
+        lines += _tp(item, SLASH_HELP.get(word, ""))
+    lines += [".SH SESSIONS", *(_esc(p) for p in SESSIONS)]
+
+    lines += [".SH ENVIRONMENT"]
+    seen = set()
+    for cmd, _ctx in contexts.values():
+        for p in cmd.params:
+            if getattr(p, "envvar", None) and p.envvar not in seen:
+                seen.add(p.envvar)
+                lines += _tp(p.envvar, f"Default of {'/'.join(p.opts)}: {p.help or ''}")
+    for name, text in ENVIRONMENT:
+        lines += _tp(name, text)
+    lines += [".SH FILES"]
+    for name, text in FILES:
+        lines += _tp(name, text)
+    lines += [".SH EXIT STATUS"]
+    for code, text in EXIT_STATUS.items():
+        lines += _tp(str(code), text)
+    lines += [".SH EXAMPLES"]
+    for text, command in EXAMPLES:
+        lines += [".PP", _esc(text), ".RS", ".nf", _esc(command), ".fi", ".RE"]
+    lines += [".SH SEE ALSO", "The README, and the completions/ folder: bash, zsh and fish completion scripts."]
     return "\n".join(lines) + "\n"
 
 
 def completion(shell: str) -> str:
-    from typer._completion_shared import get_completion_script
+    from .completion import SCRIPTS
 
-    return get_completion_script(prog_name="gemmapipe", complete_var="_GEMMAPIPE_COMPLETE", shell=shell)
+    return SCRIPTS[shell]
 
 
 def outputs(root: Path) -> dict[Path, str]:

@@ -35,8 +35,9 @@ def pull(
     files: Annotated[list[str] | None, typer.Argument(
         show_default=False, metavar="[FILE]...",
         help="Files of --repo to fetch (default: gemma-4-12B-it-Q4_K_M.gguf and its mmproj).")] = None,
-    repo: Annotated[str, typer.Option("--repo", help="Hugging Face repository.")] = "ggml-org/gemma-4-12B-it-GGUF",
-    revision: Annotated[str, typer.Option("--revision", help="Branch, tag or commit.")] = "main",
+    repo: Annotated[str, typer.Option("--repo", metavar="REPO", help="Hugging Face repository.")]
+    = "ggml-org/gemma-4-12B-it-GGUF",
+    revision: Annotated[str, typer.Option("--revision", metavar="REV", help="Branch, tag or commit.")] = "main",
     offline: Annotated[bool, typer.Option("--offline", help="Never touch the network: check what is here.")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only errors on stderr.")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,

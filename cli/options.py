@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal, TypeVar
 import typer
 from typer._click import types as click_types  # Typer's vendored Click (typer>=0.26)
 
+from .completion import choices
+
 # Bounds of the shared numeric options, checked when the command line (or the config file) is parsed.
 MAX_THREADS = 512  # llama.cpp's GGML_MAX_N_THREADS; beyond it ggml and libgomp fail (or crash)
 MAX_TOKENS = 1 << 20  # context and answer lengths: past any model's context, inside llama.cpp's int32
@@ -63,10 +65,10 @@ class Common:
 # name -> (annotation, default); the annotation carries the typer.Option.
 _SPEC: dict[str, tuple[Any, Any]] = {
     "model": (Annotated[Path | None, typer.Option(
-        "-m", "--model", envvar="GEMMAPIPE_MODEL", rich_help_panel=MODEL_PANEL, show_default=False,
+        "-m", "--model", envvar="GEMMAPIPE_MODEL", rich_help_panel=MODEL_PANEL, show_default=False, metavar="FILE",
         help="Model GGUF (e.g. gemma-4-12B-it-Q4_K_M.gguf).")], None),
     "mmproj": (Annotated[Path | None, typer.Option(
-        "--mmproj", envvar="GEMMAPIPE_MMPROJ", rich_help_panel=MODEL_PANEL, show_default=False,
+        "--mmproj", envvar="GEMMAPIPE_MMPROJ", rich_help_panel=MODEL_PANEL, show_default=False, metavar="FILE",
         help="Projector GGUF; default: the single mmproj*.gguf beside the model.")], None),
     "threads": (Annotated[int | None, typer.Option(
         "-t", "--threads", min=1, max=MAX_THREADS, rich_help_panel=MODEL_PANEL, show_default=False,
@@ -90,11 +92,13 @@ _SPEC: dict[str, tuple[Any, Any]] = {
         "--no-template", rich_help_panel=MODEL_PANEL,
         help="Ignore the GGUF's chat template: plain completion.")], False),
     "flash_attn": (Annotated[Literal["auto", "on", "off"], typer.Option(
-        "--flash-attn", rich_help_panel=MODEL_PANEL, help="Flash attention: auto, on or off.")], "auto"),
+        "--flash-attn", rich_help_panel=MODEL_PANEL, metavar="WHEN", autocompletion=choices(["auto", "on", "off"]),
+        help="Flash attention: auto, on or off.")], "auto"),
     "cache_type": (Annotated[Literal["f16", "q8_0", "q4_0", "f32"], typer.Option(
-        "--cache-type", rich_help_panel=MODEL_PANEL, help="KV cache type: f16, q8_0, q4_0 or f32.")], "f16"),
+        "--cache-type", rich_help_panel=MODEL_PANEL, metavar="TYPE",
+        autocompletion=choices(["f16", "q8_0", "q4_0", "f32"]), help="KV cache type: f16, q8_0, q4_0 or f32.")], "f16"),
     "output": (Annotated[str, typer.Option(
-        "-o", "--output", rich_help_panel=OUTPUT_PANEL,
+        "-o", "--output", rich_help_panel=OUTPUT_PANEL, metavar="FILE",
         help="Write here ('-' = stdout). Files are written whole or not at all.")], "-"),
     "quiet": (Annotated[bool, typer.Option(
         "-q", "--quiet", rich_help_panel=OUTPUT_PANEL, help="Only errors on stderr.")], False),
@@ -106,13 +110,13 @@ _SPEC: dict[str, tuple[Any, Any]] = {
         False),
     "traceback": (Annotated[bool, typer.Option(
         "--traceback", rich_help_panel=OUTPUT_PANEL,
-        help="Show a traceback on errors. (or GEMMAPIPE_TRACEBACK=1)")], False),
+        help="Show a traceback on errors (or set GEMMAPIPE_TRACEBACK=1).")], False),
     "server": (Annotated[str | None, typer.Option(
         "--server", envvar="GEMMAPIPE_SERVER", rich_help_panel=SERVER_PANEL, show_default=False, metavar="URL",
         help="Send requests to this OpenAI-compatible server (llama-server, vLLM, SGLang, litert-lm serve) "
              "instead of loading a GGUF.")], None),
     "api_key": (Annotated[str | None, typer.Option(
-        "--api-key", envvar="GEMMAPIPE_API_KEY", rich_help_panel=SERVER_PANEL, show_default=False,
+        "--api-key", envvar="GEMMAPIPE_API_KEY", rich_help_panel=SERVER_PANEL, show_default=False, metavar="TOKEN",
         help="Bearer token for --server.")], None),
     "server_model": (Annotated[str | None, typer.Option(
         "--server-model", envvar="GEMMAPIPE_SERVER_MODEL", rich_help_panel=SERVER_PANEL, show_default=False,
@@ -168,7 +172,7 @@ def input_args(help_text: str) -> Any:
 
 
 DRY_RUN = typer.Option("--dry-run", help="Print the plan (tokens, frames, memory) as JSON and load no model.")
-OUTPUT_DIR = typer.Option("--output-dir", rich_help_panel=OUTPUT_PANEL, show_default=False,
+OUTPUT_DIR = typer.Option("--output-dir", rich_help_panel=OUTPUT_PANEL, show_default=False, metavar="DIR",
                           help="Write <stem>.<ext> per input into this directory.")
 FAIL_FAST = typer.Option("--fail-fast", help="Stop at the first input that fails.")
 FILES_FROM = typer.Option("--files-from", show_default=False, metavar="FILE",

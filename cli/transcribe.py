@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from .completion import choices
 from .options import (
     DRY_RUN,
     ERRORS_AS_RECORDS,
@@ -32,6 +33,34 @@ def check_vad(vad: str) -> str:
     if vad not in VADS:
         raise UsageError("--vad", f"unknown detector {vad!r}", f"choose one of {', '.join(VADS)}")
     return vad
+
+
+def parse_language(ctx: typer.Context, param: Any, value: str | None) -> str | None:
+    """-l/--language at parse time (flag or config file): an ISO 639-1 code or a name -> the English
+    name the prompt needs; `auto` -> detect; anything else is a usage error with a hint."""
+    from gemmapipe.core import languages
+
+    if value is None or ctx.resilient_parsing or languages.is_auto(value):
+        return None
+    name = languages.language_name(value)
+    if name is not None:
+        return name
+    from gemmapipe.core.errors import UsageError
+
+    guess = languages.closest(value)
+    hint = f"did you mean {guess} ({languages.code_of(guess)})?" if guess else \
+        "give an ISO 639-1 code or an English name (en, English, de, German), or auto to detect"
+    raise UsageError("--language", f"unknown language {value!r}", hint)
+
+
+def complete_language(incomplete: str) -> list[tuple[str, str]]:
+    from gemmapipe.core.languages import LANGUAGES
+
+    return [*((name, code) for code, name in LANGUAGES.items()), *LANGUAGES.items(), ("auto", "detect")]
+
+
+LANGUAGE_OPTION = {"metavar": "LANG", "callback": parse_language, "autocompletion": complete_language,
+                   "show_default": False}
 
 
 def dry_run_plans(inputs: list[str], runner: Runner, **plan_kw: Any) -> int:
@@ -115,15 +144,19 @@ def runner_meta(runner: Runner) -> dict[str, Any]:
 def command(
     inputs: Annotated[list[str] | None, input_args("Audio or video files, or - for stdin.")] = None,
     fmt: Annotated[str | None, typer.Option("-f", "--format", rich_help_panel=OUTPUT_PANEL,
+                                            metavar="FORMAT", autocompletion=choices(FORMATS),
                                             help=f"Output format: {', '.join(FORMATS)} (default: txt; jsonl for "
                                                  "several inputs to one stream).", show_default=False)] = None,
-    language: Annotated[str | None, typer.Option("-l", "--language", show_default=False,
-                                                 help="Spoken language, e.g. English (default: detect).")] = None,
+    language: Annotated[str | None, typer.Option("-l", "--language", **LANGUAGE_OPTION,
+                                                 help="Spoken language: an ISO 639-1 code or a name, e.g. de or "
+                                                      "German (default: detect).")] = None,
     prompt: Annotated[str | None, typer.Option("--prompt", show_default=False,
                                                help="Context or vocabulary to help the model.")] = None,
-    start: Annotated[str | None, typer.Option("--start", show_default=False, help="Start at this time (90, 1:30).")]
+    start: Annotated[str | None, typer.Option("--start", show_default=False, metavar="TIME",
+                                              help="Start at this time (90, 1:30).")]
     = None,
-    end: Annotated[str | None, typer.Option("--end", show_default=False, help="Stop at this time.")] = None,
+    end: Annotated[str | None, typer.Option("--end", show_default=False, metavar="TIME",
+                                            help="Stop at this time.")] = None,
     output_dir: Annotated[Path | None, OUTPUT_DIR] = None,
     dry_run: Annotated[bool, DRY_RUN] = False,
     fail_fast: Annotated[bool, FAIL_FAST] = False,

@@ -5,6 +5,7 @@ from typing import Annotated
 
 import typer
 
+from .completion import choices
 from .options import DRY_RUN, OUTPUT_PANEL, Common, with_common
 from .runner import Runner
 
@@ -13,15 +14,18 @@ FORMATS = ["txt", "md", "json"]
 
 @with_common
 def command(
-    input: Annotated[str, typer.Argument(help="A video file, or - for stdin.", show_default=False)],
+    input: Annotated[str | None, typer.Argument(help="A video file, or - for stdin.", show_default=False,
+                                                metavar="INPUT")] = None,
     prompt: Annotated[str | None, typer.Option("-p", "--prompt", show_default=False,
                                                help="What to ask about the video.")] = None,
     fps: Annotated[float, typer.Option("--fps", min=0.05, max=10.0, help="Frames per second to show the model.")]
     = 1.0,
     frame_tokens: Annotated[int, typer.Option("--frame-tokens", min=70, max=1120, help="Token budget per frame.")]
     = 70,
-    start: Annotated[str | None, typer.Option("--start", show_default=False, help="Start at this time.")] = None,
-    end: Annotated[str | None, typer.Option("--end", show_default=False, help="Stop at this time.")] = None,
+    start: Annotated[str | None, typer.Option("--start", show_default=False, metavar="TIME",
+                                              help="Start at this time.")] = None,
+    end: Annotated[str | None, typer.Option("--end", show_default=False, metavar="TIME",
+                                            help="Stop at this time.")] = None,
     max_frames: Annotated[int | None, typer.Option("--max-frames", min=1, show_default=False,
                                                    help="At most this many frames.")] = None,
     no_audio: Annotated[bool, typer.Option("--no-audio", help="Frames only.")] = False,
@@ -29,6 +33,7 @@ def command(
     = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not reuse or save the prefilled state.")] = False,
     fmt: Annotated[str | None, typer.Option("-f", "--format", rich_help_panel=OUTPUT_PANEL, show_default=False,
+                                            metavar="FORMAT", autocompletion=choices(FORMATS),
                                             help="Output format: txt, md, json (default: txt, or what -o's "
                                                  "extension names).")] = None,
     dry_run: Annotated[bool, DRY_RUN] = False,
@@ -38,6 +43,8 @@ def command(
     from gemmapipe.core.errors import UsageError
     from gemmapipe.core.timefmt import parse_time_ms
 
+    if input is None:  # as transcribe, describe and diarize say it
+        raise UsageError("input", "no input given", "pass a path, or - for stdin: gemmapipe video FILE")
     if fmt is not None and fmt not in FORMATS:
         raise UsageError("--format", f"unknown format {fmt!r}", f"choose one of {', '.join(FORMATS)}")
     start_ms, end_ms = parse_time_ms(start, what="--start"), parse_time_ms(end, what="--end")
