@@ -6,14 +6,14 @@ Only light modules are imported here: `--help` must not pay for numpy, av or lla
 import errno
 import os
 import sys
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from gemmapipe import __version__
 from gemmapipe.core.errors import EXIT_STATUS_HELP, ExitStatus, GemmapipeError
 
-from . import chat, describe, diarize, models, transcribe, video
+from . import chat, configfile, describe, diarize, models, transcribe, video
 from .errors import error_line, quiet_broken_pipe, report
 
 # 141 is not an ExitStatus: it is what a filter killed by SIGPIPE reports (128 + 13), see run()
@@ -32,7 +32,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-COMMANDS = ["transcribe", "diarize", "describe", "video", "chat"]
+COMMANDS = configfile.COMMANDS
 app.command("transcribe", epilog=EPILOG, help="Speech to text.")(transcribe.command)
 app.command("diarize", epilog=EPILOG, help="Who spoke when (and what).")(diarize.command)
 app.command("describe", epilog=EPILOG, help="Image understanding: describe or answer about images.")(describe.command)
@@ -105,92 +105,6 @@ def _root(
     pass
 
 
-class _ConfigDefaults(dict[str, Any]):
-    """Click's default_map, read from the config file only when a subcommand that takes it is about
-    to run: `--version`, `--help` and `models` never read the file. A broken file is kept as
-    `error` and raised by the command itself (see options.with_common), so `transcribe --help`
-    still works with a bad config while `transcribe a.wav` is exit 2 naming the file and the key."""
-
-    def __init__(self, command: Any) -> None:
-        super().__init__()
-        self._command = command
-        self._loaded: dict[str, dict[str, Any]] | None = None
-        self.error: GemmapipeError | None = None
-
-    def get(self, name: Any, default: Any = None) -> Any:
-        if name not in COMMANDS:
-            return default
-        if self._loaded is None:
-            from gemmapipe.core.config import config_path, default_map, load_config
-
-            try:
-                path = config_path()
-                self._loaded = default_map(load_config(), config_keys(self._command), path)
-            except GemmapipeError as exc:
-                self.error, self._loaded = exc, {}
-        return self._loaded.get(name, default)
-
-
-_config: _ConfigDefaults | None = None
-
-
-def raise_config_error() -> None:
-    """Called as a command starts: the config file's problem, if it has one, is this command's."""
-    if _config is not None and _config.error is not None:
-        raise _config.error
-
-
-def config_keys(command: Any) -> dict[str, dict[str, Any]]:
-    """Per subcommand: config key (long option name with underscores; also the parameter name) ->
-    what it takes, checked with the option's own Click type (ranges, choices, finite floats)."""
-    from typer._click import types as ct
-    from typer._click.exceptions import BadParameter
-    from typer.models import TyperPath
-
-    from gemmapipe.core.config import Key
-
-    def checker(param: Any, choices: list[str] | None) -> Any:
-        def check(value: Any) -> Any:
-            if choices is not None and value not in choices:
-                raise ValueError(f"unknown format {value!r} (choose one of {', '.join(choices)})")
-            try:
-                if param.multiple:
-                    return [param.type.convert(v, param, None) for v in value]
-                return param.type.convert(value, param, None)
-            except BadParameter as exc:
-                raise ValueError(exc.message.rstrip(".")) from None
-        return check
-
-    formats = {"transcribe": transcribe.FORMATS, "diarize": diarize.FORMATS, "describe": describe.FORMATS,
-               "video": video.FORMATS}  # -f/--format is a plain string the command checks itself
-    out: dict[str, dict[str, Any]] = {}
-    for name in COMMANDS:
-        table: dict[str, Any] = {}
-        for param in command.commands[name].params:
-            if param.param_type_name != "option" or param.name is None:
-                continue
-            ptype = param.type
-            if param.multiple:
-                kind = "list"
-            elif getattr(param, "is_bool_flag", False) or isinstance(ptype, ct.BoolParamType):
-                kind = "bool"
-            elif isinstance(ptype, ct.IntParamType):
-                kind = "int"
-            elif isinstance(ptype, ct.FloatParamType):
-                kind = "float"
-            elif isinstance(ptype, TyperPath):
-                kind = "path"
-            else:
-                kind = "str"
-            choices = formats.get(name) if param.name == "fmt" else None
-            key = Key(param.name, kind, None if kind == "bool" else checker(param, choices))
-            names = [o.lstrip("-") for o in param.opts if o.startswith("--")] + [param.name]
-            for n in names:
-                table[n.replace("-", "_")] = key
-        out[name] = table
-    return out
-
-
 def _want_traceback(argv: list[str]) -> bool:
     return "--traceback" in argv or os.environ.get("GEMMAPIPE_TRACEBACK", "") not in ("", "0")
 
@@ -200,7 +114,6 @@ def run(argv: list[str] | None = None) -> int:
     from typer._click.exceptions import NoArgsIsHelpError
     from typer.exceptions import Abort, Exit, TyperException
 
-    global _config
 
     args = list(sys.argv[1:] if argv is None else argv)
     traceback = _want_traceback(args)
@@ -209,9 +122,10 @@ def run(argv: list[str] | None = None) -> int:
         from .completion import complete
 
         return complete(command, os.environ["_GEMMAPIPE_COMPLETE"])
-    _config = _ConfigDefaults(command)
+    config = configfile.start(command, {"transcribe": transcribe.FORMATS, "diarize": diarize.FORMATS,
+                                        "describe": describe.FORMATS, "video": video.FORMATS})
     try:
-        result = command.main(args=args, prog_name="gemmapipe", standalone_mode=False, default_map=_config)
+        result = command.main(args=args, prog_name="gemmapipe", standalone_mode=False, default_map=config)
         if result == ExitStatus.INTERRUPTED:  # Typer turns KeyboardInterrupt into a returned 130
             sys.stderr.write("\ngemmapipe: interrupted\n")
         return int(result) if isinstance(result, int) else 0

@@ -43,7 +43,7 @@ def command(
 ) -> int:
     from gemmapipe.core.engine.grammar import load_schema, schema_to_grammar
     from gemmapipe.core.errors import GemmapipeError, UsageError
-    from gemmapipe.core.tasks.chat import ChatSession, attachment_parts, media_tokens
+    from gemmapipe.core.tasks.chat import ChatSession, attachment_parts, n_ctx_for
 
     attach = attach or []
     if attach.count("-") > 1:
@@ -88,7 +88,7 @@ def command(
     json_schema = load_schema(schema) if schema else None
     grammar = schema_to_grammar(json_schema) if json_schema else None
     options = runner.generate_options(2048, think=think, on_thought=thoughts, grammar=grammar, json_schema=json_schema)
-    n_ctx = max(4096, 1 << (media_tokens(parts) + options.max_tokens + 1024).bit_length())
+    n_ctx = n_ctx_for(parts, options)
 
     def engine() -> Any:
         return runner.engine(n_ctx=n_ctx, image_tokens=(1, max(70, image_tokens)) if needs & {"vision"} else None)

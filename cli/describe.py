@@ -19,7 +19,6 @@ from .options import (
     with_common,
 )
 from .runner import Runner, read_files_from
-from .transcribe import dry_run_plans
 
 FORMATS = ["txt", "json", "jsonl"]
 
@@ -53,9 +52,6 @@ def command(
     if fmt is not None and fmt not in FORMATS:
         raise UsageError("--format", f"unknown format {fmt!r}", f"choose one of {', '.join(FORMATS)}")
     runner = Runner(common, needs={"vision"}, command="describe")
-    if dry_run:
-        return dry_run_plans(inputs, runner, want_audio=False, want_frames=True, image_tokens=image_tokens)
-
     from gemmapipe.core.engine.grammar import load_schema
     from gemmapipe.core.media.source import open_input
     from gemmapipe.core.tasks.describe import DEFAULT_PROMPT, DescribeOptions, describe, n_ctx_for
@@ -63,6 +59,9 @@ def command(
 
     options = DescribeOptions(prompt=prompt or DEFAULT_PROMPT, schema=load_schema(schema) if schema else None,
                               image_tokens=image_tokens, generate=runner.generate_options(512))
+    if dry_run:
+        return runner.dry_run(inputs, n_ctx=n_ctx_for(options), want_audio=False, want_frames=True,
+                              image_tokens=image_tokens)
     runner.check_inputs(inputs)  # a bad --schema or a sole missing input comes before any model check
     fmt = runner.choose_format(fmt, FORMATS, several=len(inputs) > 1, output_dir=output_dir)
     runner.plan_outputs(inputs, output_dir=output_dir, ext=fmt)  # before the model: nothing runs onto an input

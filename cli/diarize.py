@@ -20,7 +20,7 @@ from .options import (
     with_common,
 )
 from .runner import Runner, read_files_from
-from .transcribe import LANGUAGE_OPTION, VAD, VADS, check_vad, dry_run_plans, run_segments
+from .transcribe import LANGUAGE_OPTION, VAD, VADS, check_vad, run_segments
 
 FORMATS = ["txt", "rttm", "srt", "vtt", "json", "jsonl"]
 
@@ -66,10 +66,6 @@ def command(
     check_vad(vad)
     start_ms, end_ms = parse_time_ms(start, what="--start"), parse_time_ms(end, what="--end")
     runner = Runner(common, needs={"audio"}, command="diarize")
-    if dry_run:  # diarize's clips are at most 20 s (DiarizeOptions.max_clip_s): room for the exemplars
-        return dry_run_plans(inputs, runner, want_audio=True, want_frames=False, start_ms=start_ms, end_ms=end_ms,
-                             vad=vad, max_clip_s=20.0)
-
     from gemmapipe.core.tasks.diarize import (
         DiarizeOptions,
         diarize,
@@ -79,16 +75,19 @@ def command(
         score_der,
     )
 
-    reference = None
-    if score is not None:  # before any work (the model included): exit 2 naming the extra or the file
-        require_scoring()
-        reference = read_rttm(str(score))
     lo, hi = (speakers, speakers) if speakers else (min_speakers, max_speakers)
     options = DiarizeOptions(min_speakers=lo, max_speakers=hi, language=language, start_ms=start_ms, end_ms=end_ms,
                              vad=vad,
                              names=[n.strip() for n in names.split(",") if n.strip()] if names else [],
                              generate=runner.generate_options(320))
     options.validate()
+    if dry_run:  # diarize's clips are shorter (DiarizeOptions.max_clip_s): room for the exemplars
+        return runner.dry_run(inputs, n_ctx=n_ctx_for(options), want_audio=True, want_frames=False,
+                              start_ms=start_ms, end_ms=end_ms, vad=vad, max_clip_s=options.max_clip_s)
+    reference = None
+    if score is not None:  # before any work (the model included): exit 2 naming the extra or the file
+        require_scoring()
+        reference = read_rttm(str(score))
     engine_for = lambda: runner.engine(n_ctx=n_ctx_for(options))  # noqa: E731
 
     def task(src: Any, **kw: Any) -> Any:

@@ -19,9 +19,11 @@ FLAGS: dict[str, str] = {
     "max_speakers": "--max-speakers", "score": "--score", "schema": "--schema", "language": "--language",
     "fail_fast": "--fail-fast", "files_from": "--files-from", "skip_existing": "--skip-existing",
     "errors_as_records": "--errors-as-records", "attach": "--attach", "session": "--session",
-    "prompt": "--prompt", "no_cache": "--no-cache", "no_audio": "--no-audio",
+    "prompt": "--prompt", "no_cache": "--no-cache", "no_audio": "--no-audio", "vad": "--vad",
+    "functions": "--functions", "draft": "--draft", "lora": "--lora", "translate": "--translate",
     "model_env": "GEMMAPIPE_MODEL", "server_env": "GEMMAPIPE_SERVER", "api_key_env": "GEMMAPIPE_API_KEY",
-    "models_dir_env": "GEMMAPIPE_MODELS_DIR", "pull_command": "gemmapipe models pull",
+    "models_dir_env": "GEMMAPIPE_MODELS_DIR", "config_env": "GEMMAPIPE_CONFIG",
+    "spool_max_env": "GEMMAPIPE_SPOOL_MAX", "pull_command": "gemmapipe models pull",
     "describe_command": "gemmapipe describe", "video_command": "gemmapipe video",
     "transcribe_command": "gemmapipe transcribe", "chat_command": "gemmapipe chat",
 }

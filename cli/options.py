@@ -148,7 +148,7 @@ def with_common(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(**kwargs: Any) -> Any:
-        from .app import raise_config_error
+        from .configfile import raise_config_error
 
         raise_config_error()  # a broken config file stops the command, not --help
         common = Common(**{name: kwargs.pop(name) for name in _SPEC})

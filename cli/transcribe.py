@@ -63,46 +63,6 @@ LANGUAGE_OPTION = {"metavar": "LANG", "callback": parse_language, "autocompletio
                    "show_default": False}
 
 
-def dry_run_plans(inputs: list[str], runner: Runner, **plan_kw: Any) -> int:
-    """Print the plan of each input as JSON (one object per line for several) and load no model."""
-    import json
-
-    from gemmapipe.core.media.source import open_input
-    from gemmapipe.core.plan import plan_input
-    from gemmapipe.core.sink import open_sink
-
-    def one(spec: str, out: Any) -> None:
-        with open_input(spec) as src:
-            plan = plan_input(src, **plan_kw)
-        memory = plan_memory(runner, int(plan.get("tokens", {}).get("total") or 0))
-        if memory:
-            plan["memory"] = memory
-        out.write(json.dumps(plan, ensure_ascii=False) + "\n")
-
-    runner.plan_outputs(inputs)
-    with open_sink(runner.common.output) as out:
-        return runner.each_input(inputs, lambda spec: one(spec, out))
-
-
-def plan_memory(runner: Runner, media_tokens: int) -> dict[str, Any] | None:
-    """KV and weight memory for the plan, when a model is configured (read from its header only)."""
-    from gemmapipe.core import memory
-    from gemmapipe.core.errors import GemmapipeError
-
-    if runner.common.model is None or runner.common.server:
-        return None
-    try:
-        pair = runner.model_pair()
-    except GemmapipeError as exc:
-        return {"error": f"{exc.subject}: {exc.reason}"}
-    c = runner.common
-    need = media_tokens + (c.max_tokens or 512) + 512
-    n_ctx = c.ctx_size or max(2048, 1 << (need - 1).bit_length())
-    est: dict[str, Any] = dict(memory.estimate(pair.model, pair.mmproj, n_ctx, cache_type=c.cache_type))
-    est["available_bytes"] = memory.available_memory()
-    return est
-
-
 def run_segments(inputs: list[str], *, runner: Runner, fmt: str | None, formats: list[str], output_dir: Path | None,
                  fail_fast: bool, task: Callable[..., Any], meta: dict[str, Any], skip_existing: bool = False,
                  errors_as_records: bool = False) -> int:
@@ -176,14 +136,13 @@ def command(
     check_vad(vad)
     start_ms, end_ms = parse_time_ms(start, what="--start"), parse_time_ms(end, what="--end")
     runner = Runner(common, needs={"audio"}, command="transcribe")
-    if dry_run:
-        return dry_run_plans(inputs, runner, want_audio=True, want_frames=False, start_ms=start_ms, end_ms=end_ms,
-                             vad=vad, max_clip_s=30.0)
-
     from gemmapipe.core.tasks.transcribe import TranscribeOptions, n_ctx_for, transcribe
 
     options = TranscribeOptions(language=language, prompt=prompt, start_ms=start_ms, end_ms=end_ms, vad=vad,
                                 generate=runner.generate_options(320), jobs=runner.jobs)
+    if dry_run:
+        return runner.dry_run(inputs, n_ctx=n_ctx_for(options), want_audio=True, want_frames=False,
+                              start_ms=start_ms, end_ms=end_ms, vad=vad, max_clip_s=options.max_clip_s)
     engine_for = lambda: runner.engine(n_ctx=n_ctx_for(options))  # noqa: E731
     def task(src: Any, **kw: Any) -> Any:
         return transcribe(src, engine_for, options, **kw)

@@ -50,11 +50,11 @@ def command(
     start_ms, end_ms = parse_time_ms(start, what="--start"), parse_time_ms(end, what="--end")
     needs = {"vision"} if no_audio else {"vision", "audio"}
     runner = Runner(common, needs=needs, command="video")
-    if dry_run:
-        from .transcribe import dry_run_plans
+    from gemmapipe.core.tasks.video import VIDEO_CTX
 
-        return dry_run_plans([input], runner, want_audio=not no_audio, want_frames=True, fps=fps,
-                             frame_tokens=frame_tokens, start_ms=start_ms, end_ms=end_ms, max_frames=max_frames)
+    if dry_run:
+        return runner.dry_run([input], n_ctx=VIDEO_CTX, want_audio=not no_audio, want_frames=True, fps=fps,
+                              frame_tokens=frame_tokens, start_ms=start_ms, end_ms=end_ms, max_frames=max_frames)
 
     from gemmapipe.core.config import xdg_dir
     from gemmapipe.core.engine.base import Engine
@@ -72,7 +72,7 @@ def command(
                            end_ms=end_ms, max_frames=max_frames, audio=not no_audio, dedupe=not no_dedupe,
                            cache=None if no_cache else StateCache(xdg_dir("cache") / "states", warn=runner.warn),
                            generate=runner.generate_options(768))
-    n_ctx = common.ctx_size or 16384
+    n_ctx = runner.context_size(VIDEO_CTX)
 
     def engine_for(ctx: int) -> Engine:
         # min 1: the media layer already sized each frame for mtmd to keep as is

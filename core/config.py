@@ -41,7 +41,7 @@ def load_config(path: Path | None = None) -> dict[str, Any]:
         data = path.read_bytes()
     except FileNotFoundError:
         if named:  # a file asked for by name (GEMMAPIPE_CONFIG) must be there
-            raise UsageError(f"config {path}", "no such file", "unset GEMMAPIPE_CONFIG, or point it at a file "
+            raise UsageError(f"config {path}", "no such file", "unset {config_env}, or point it at a file "
                                                                "(/dev/null for none)") from None
         return {}
     except OSError as exc:

@@ -77,5 +77,5 @@ def check_fits(est: dict[str, int], available: int | None) -> None:
         "memory",
         f"needs about {est['total_bytes'] / gib:.1f} GiB (weights {est['weights_bytes'] / gib:.1f} GiB + KV cache "
         f"{est['kv_bytes'] / gib:.1f} GiB for {est['n_ctx']} tokens) but only {available / gib:.1f} GiB is available",
-        "lower --ctx-size, use --cache-type q8_0, or a smaller quantization",
+        "lower {ctx_size}, use {cache_type} q8_0, or a smaller quantization",
     )

@@ -9,7 +9,7 @@ from .errors import ModelError
 from .gguf_meta import GGUFInfo, read_gguf
 
 MODEL_HINT = (
-    "pass --model PATH, set GEMMAPIPE_MODEL, or set `model` in the config file; "
+    "pass {model} PATH, set {model_env}, or set `model` in the config file; "
     "get the model from ggml-org/gemma-4-12B-it-GGUF (gemma-4-12B-it-Q4_K_M.gguf + mmproj-gemma-4-12B-it-bf16.gguf)"
 )
 
@@ -44,7 +44,7 @@ def find_mmproj(model: Path) -> Path | None:
     if len(candidates) > 1:
         names = ", ".join(p.name for p in candidates)
         raise ModelError(f"projector for {model}", f"several mmproj files beside the model ({names})",
-                         "choose one with --mmproj")
+                         "choose one with {mmproj}")
     return candidates[0] if candidates else None
 
 
@@ -70,7 +70,7 @@ def resolve(model: str | Path | None, mmproj: str | Path | None, *, needs: set[s
     info = read_gguf(model_path, role="model")
     if info.architecture == "clip":
         raise ModelError(f"model {model_path}", "this is a projector (mmproj), not a language model",
-                         "pass it with --mmproj and the language model with --model")
+                         "pass it with {mmproj} and the language model with {model}")
 
     proj_path: Path | None
     if mmproj is not None and str(mmproj) != "":
@@ -82,7 +82,7 @@ def resolve(model: str | Path | None, mmproj: str | Path | None, *, needs: set[s
     if proj_path is None:
         if needs:
             raise ModelError(f"model {model_path}", f"no projector found for {' and '.join(sorted(needs))} input",
-                             "pass --mmproj PATH (an mmproj*.gguf beside the model is found automatically)")
+                             "pass {mmproj} PATH (an mmproj*.gguf beside the model is found automatically)")
         return ModelPair(info, None)
 
     proj = read_gguf(proj_path, role="projector")

@@ -156,7 +156,7 @@ def _network_error(what: str, exc: BaseException) -> GemmapipeError:
         return GemmapipeError(what, f"not found on the Hub ({text})")
     return GemmapipeError(what, f"download failed: {text}",
                           f"check the network (HF_ENDPOINT={os.environ.get('HF_ENDPOINT') or 'https://huggingface.co'}),"
-                          f" then run `{PULL_COMMAND}` again: it resumes")
+                          " then run `{pull_command}` again: it resumes")
 
 
 def pull(repo: str = DEFAULT_REPO, files: tuple[str, ...] | list[str] = DEFAULT_FILES, *, revision: str = "main",
@@ -170,7 +170,7 @@ def pull(repo: str = DEFAULT_REPO, files: tuple[str, ...] | list[str] = DEFAULT_
         missing = [n for n in files if not (folder / n).is_file()]
         if missing:
             raise ModelError(f"{repo}", f"not downloaded: {', '.join(missing)} (offline: nothing was fetched)",
-                             f"run `{PULL_COMMAND}` with network access")
+                             "run `{pull_command}` with network access")
         for n in files:
             log(f"{n}: here, {human_size((folder / n).stat().st_size)} ({folder / n})")
         return [folder / n for n in files]
@@ -245,7 +245,7 @@ def _pull_one(hub: Any, http_get: Any, repo: str, name: str, revision: str, endp
         if free < size - done:
             raise GemmapipeError(f"models directory {folder}",
                                  f"{human_size(size - done)} needed for {name}, {human_size(free)} free",
-                                 "free some space, or set GEMMAPIPE_MODELS_DIR to another disk")
+                                 "free some space, or set {models_dir_env} to another disk")
     if done:
         log(f"{name}: resuming at {human_size(done)} of {human_size(size)}")
     else:
@@ -268,7 +268,7 @@ def _pull_one(hub: Any, http_get: Any, repo: str, name: str, revision: str, endp
         if got != expected_sha:
             part.unlink(missing_ok=True)
             raise GemmapipeError(what, f"checksum mismatch: expected sha256 {expected_sha[:16]}..., got {got[:16]}...",
-                                 f"the download was corrupted and has been removed; run `{PULL_COMMAND}` again")
+                                 "the download was corrupted and has been removed; run `{pull_command}` again")
     os.replace(part, dest)
     entries[name] = {"etag": etag, "sha256": expected_sha, "size": dest.stat().st_size, "commit": meta.commit_hash}
     log(f"{name}: done, {human_size(dest.stat().st_size)} ({dest})")

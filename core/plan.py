@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 AUDIO_TOKENS_PER_SECOND = SAMPLE_RATE // WINDOW  # 25
 
 
+
+
 def plan_input(
     source: Source,
     *,
@@ -54,7 +56,7 @@ def plan_input(
     detector's wall time), and tokens.audio is then the tokens of those clips, not of the whole audio.
     """
     if frame_tokens < 1 or image_tokens < 1:
-        raise UsageError("--tokens", "token budgets must be at least 1")
+        raise UsageError("token budget", "must be at least 1")
     info = probe(source)
     kind = source.kind
     if not want_audio and not want_frames:

@@ -193,9 +193,21 @@ class Session:
                 return self._engine
             return self._local_engine(n_ctx=n_ctx, image_tokens=image_tokens, swa_full=swa_full)
 
+    def context_size(self, n_ctx: int) -> int:
+        """The context a local engine is loaded with for a task that asks for `n_ctx`: the configured
+        size if any, else `n_ctx`, within what the model was trained for. The run and its dry run
+        both ask here, so the plan is the run."""
+        ctx = self.config.ctx_size or n_ctx
+        pair = self.model_pair() if not self.config.server else None
+        if pair is not None:
+            train = pair.model.get(f"{pair.model.architecture}.context_length")
+            if isinstance(train, int) and train > 0:
+                ctx = max(256, min(ctx, train))
+        return ctx
+
     def _local_engine(self, *, n_ctx: int, image_tokens: tuple[int, int] | None, swa_full: bool) -> Engine:
         lo, hi = image_tokens or (0, 0)
-        ctx = self.config.ctx_size or n_ctx
+        ctx = self.context_size(n_ctx)
         key = (ctx, lo, hi)
         if self._engine is not None and self._engine_key is not None:
             old_ctx, old_lo, old_hi = self._engine_key
@@ -249,6 +261,46 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # --- plans ----------------------------------------------------------------------------------
+    def dry_run(self, inputs: list[str], *, n_ctx: int, **plan_kw: Any) -> int:
+        """Write the plan of each input as JSON (one object per line) and load no model: what will be
+        fed (the same functions the run uses) and, with a local model configured, the memory for the
+        context the run would load (`context_size(n_ctx)`)."""
+        import json
+
+        from .media.source import open_input
+        from .plan import plan_input
+        from .sink import open_sink
+
+        def one(spec: str, out: Any) -> None:
+            with open_input(spec, warn=self.warn) as src:
+                plan = plan_input(src, **plan_kw)
+            memory = self.plan_memory(n_ctx)
+            if memory:
+                plan["memory"] = memory
+            out.write(json.dumps(plan, ensure_ascii=False) + "\n")
+
+        self.plan_outputs(inputs)
+        with open_sink(self.config.output) as out:
+            return self.each_input(inputs, lambda spec: one(spec, out))
+
+    def plan_memory(self, n_ctx: int) -> dict[str, Any] | None:
+        """Weights and KV cache for the context the run would load, when a model is configured (read
+        from the GGUF headers only); None with a server or no model."""
+        from . import memory
+
+        if self.config.model is None or self.config.server:
+            return None
+        try:
+            pair = self.model_pair()
+            ctx = self.context_size(n_ctx)
+        except GemmapipeError as exc:
+            return {"error": f"{exc.subject}: {exc.reason}"}
+        assert pair is not None
+        est: dict[str, Any] = dict(memory.estimate(pair.model, pair.mmproj, ctx, cache_type=self.config.cache_type))
+        est["available_bytes"] = memory.available_memory()
+        return est
 
     # --- outputs --------------------------------------------------------------------------------
     def choose_format(self, fmt: str | None, formats: list[str], *, several: bool, output_dir: Path | None) -> str:

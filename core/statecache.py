@@ -34,12 +34,13 @@ import json
 import os
 import stat
 import struct
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .sink import make_temp, untrack_temp
 
 MAGIC = b"GPSTATE\0"
 VERSION = 1
@@ -235,12 +236,13 @@ class StateCache:
         tmp: str | None = None
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{key.name}.", suffix=".part")
+            fd, tmp = make_temp(dir=self.root, prefix=f".{key.name}.", suffix=".part")
             with os.fdopen(fd, "wb") as fh:
                 fh.write(prelude)
                 fh.write(header)
                 fh.write(payload)
             os.replace(tmp, path)
+            untrack_temp(tmp)
             tmp = None
         except OSError as exc:
             where = path if isinstance(exc, IsADirectoryError) else self.root
@@ -250,6 +252,7 @@ class StateCache:
             if tmp is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
+                untrack_temp(tmp)
         self.evict(keep=path)
         return True
 

@@ -109,4 +109,4 @@ def parse_json_output(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise GemmapipeError("output", f"the model's answer is not valid JSON ({exc})",
-                             "raise --max-tokens: the answer may have been cut off") from None
+                             "raise {max_tokens}: the answer may have been cut off") from None

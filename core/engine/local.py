@@ -122,7 +122,7 @@ class LocalEngine:
         self._ctx = L.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             raise GemmapipeError("context", f"llama.cpp could not create a {self.n_ctx}-token context",
-                                 "lower --ctx-size or use a smaller --cache-type")
+                                 "lower {ctx_size} or use a smaller {cache_type}")
         self._mem = L.llama_get_memory(self._ctx)
         # Checked by llama.cpp between graph nodes while a prompt is evaluated, so a long prefill stops
         # within one node of a signal. Not while decoding: a Python call per node cost ~15% of the
@@ -402,7 +402,7 @@ class LocalEngine:
             interrupt.check()  # an aborted decode (rc 2) after a signal is an interrupt, not a failure
             if rc != 0:
                 raise GemmapipeError("decode", f"llama_decode failed (code {rc})",
-                                     "the context may be full: raise --ctx-size")
+                                     "the context may be full: raise {ctx_size}")
             pos += len(part)
         return pos
 

@@ -90,12 +90,13 @@ def base_url(url: str) -> tuple[str, str, int, str]:
     """(scheme, host, port, path prefix) of an OpenAI-compatible server from what a user types."""
     text = url.strip()
     if not text:
-        raise UsageError("--server", "empty URL", "e.g. --server http://127.0.0.1:8080")
+        raise UsageError(None, "empty URL", "e.g. {server} http://127.0.0.1:8080", parameter="server")
     if "://" not in text:
         text = "http://" + text
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError("--server", f"not an http(s) URL: {url!r}", "e.g. --server http://127.0.0.1:8080")
+        raise UsageError(None, f"not an http(s) URL: {url!r}", "e.g. {server} http://127.0.0.1:8080",
+                         parameter="server")
     path = parts.path.rstrip("/")
     for suffix in ("/chat/completions", "/v1"):
         if path.endswith(suffix):
@@ -103,7 +104,7 @@ def base_url(url: str) -> tuple[str, str, int, str]:
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
-        raise UsageError("--server", f"bad port in {url!r}") from None
+        raise UsageError(None, f"bad port in {url!r}", parameter="server") from None
     return parts.scheme, parts.hostname, port, path
 
 
@@ -512,7 +513,7 @@ class RemoteEngine:
         if isinstance(exc, TimeoutError):
             reason = f"no connection within {self.config.connect_timeout:g} s"
         return ServerError(f"server {self.url}", f"cannot connect: {reason}",
-                           "is the server running and listening there? (--server, GEMMAPIPE_SERVER)",
+                           "is the server running and listening there? ({server}, {server_env})",
                            batch_fatal=True)
 
     def _send(self, method: str, path: str, payload: dict[str, Any] | None, *, stream: bool,
@@ -544,7 +545,7 @@ class RemoteEngine:
             except TimeoutError:
                 conn.close()
                 raise ServerError(f"server {self.url}", f"no answer within {self.config.timeout:g} s",
-                                  "the server may be overloaded; raise --timeout") from None
+                                  "the server may be overloaded; raise {timeout}") from None
             except (ConnectionError, http.client.HTTPException) as exc:
                 conn.close()
                 if attempt < self.config.retries:
@@ -584,13 +585,13 @@ class RemoteEngine:
             kinds = " and ".join(sorted(media))
             return ServerError(subject, f"refused {kinds} input: {message}",
                                "serve Gemma 4 with its projector (llama-server --mmproj mmproj-...gguf), "
-                               "or run without --server", batch_fatal=True)
+                               "or run without {server}", batch_fatal=True)
         if status in (401, 403):
-            return ServerError(subject, f"HTTP {status}: {message}", "check --api-key (GEMMAPIPE_API_KEY)",
+            return ServerError(subject, f"HTTP {status}: {message}", "check {api_key} ({api_key_env})",
                                batch_fatal=True)
         if status == 404 and path.endswith("/chat/completions"):
             return ServerError(subject, f"HTTP 404 on {self.prefix}{path}: {message}",
-                               "--server takes the base URL of an OpenAI-compatible server, "
+                               "{server} takes the base URL of an OpenAI-compatible server, "
                                "e.g. http://127.0.0.1:8080", batch_fatal=True)
         if re.search(r"context|too long|exceed", message, re.I) and status == 400:
             return ServerError(subject, f"the request does not fit the server's context: {message}",
@@ -810,9 +811,9 @@ class RemoteEngine:
         except TimeoutError:
             if t_first is None:
                 raise ServerError(subject, f"no answer within {self.config.timeout:g} s",
-                                  "the server may be overloaded; raise --timeout") from None
+                                  "the server may be overloaded; raise {timeout}") from None
             raise ServerError(subject, f"no progress for {self.config.timeout:g} s in the middle of an answer",
-                              "raise --timeout") from None
+                              "raise {timeout}") from None
         except (ConnectionError, http.client.HTTPException) as exc:
             raise ServerError(subject,
                               f"connection lost in the middle of an answer: {exc or type(exc).__name__}") from None

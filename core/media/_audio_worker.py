@@ -18,7 +18,8 @@ from typing import Any
 def main() -> int:
     from ..errors import BadInput
     from .audio import _Decoder, send_item
-    from .source import Source, decode_guard, open_input
+    from .faults import decode_guard
+    from .source import Source, open_input
 
     out = sys.stdout.buffer
     sources: dict[str, Source] = {}

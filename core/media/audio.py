@@ -109,12 +109,12 @@ def check_range(start_ms: int | None, end_ms: int | None) -> tuple[int, int | No
     start = 0
     if start_ms is not None:
         if start_ms < 0:
-            raise UsageError("--start", f"must not be negative (got {start_ms} ms)")
+            raise UsageError(None, f"must not be negative (got {start_ms} ms)", parameter="start")
         start = ms_to_samples(start_ms)
     end = None
     if end_ms is not None:
         if end_ms <= (start_ms or 0):
-            raise UsageError("--end", f"must come after the start ({end_ms} ms <= {start_ms or 0} ms)")
+            raise UsageError(None, f"must come after the start ({end_ms} ms <= {start_ms or 0} ms)", parameter="end")
         end = ms_to_samples(end_ms)
     return start, end
 
@@ -521,7 +521,7 @@ class _Decoder:
     def _sequential_gen(self, stop: threading.Event) -> Iterator[tuple[str, Any]]:
         import av
 
-        from .source import av_bad_input
+        from .faults import av_bad_input
 
         src = self.source
         container = src.open_av()
@@ -858,7 +858,7 @@ def iter_audio(
 
     if block_samples <= 0:
         raise ValueError("block_samples must be positive")
-    from .source import decode_guard
+    from .faults import decode_guard
 
     source.require_audio()
     start, end = check_range(start_ms, end_ms)

@@ -88,7 +88,7 @@ class FramePlan:
 
 def _fps_fraction(fps: float) -> Fraction:
     if not (isinstance(fps, int | float) and math.isfinite(fps) and fps > 0):
-        raise UsageError("--fps", f"must be a positive number (got {fps})")
+        raise UsageError(None, f"must be a positive number (got {fps})", parameter="fps")
     return Fraction(fps).limit_denominator(1_000_000)
 
 
@@ -104,11 +104,11 @@ def frame_plan(
     step = Fraction(1000) / _fps_fraction(fps)
     start = Fraction(start_ms or 0)
     if start_ms is not None and start_ms < 0:
-        raise UsageError("--start", f"must not be negative (got {start_ms} ms)")
+        raise UsageError(None, f"must not be negative (got {start_ms} ms)", parameter="start")
     if end_ms is not None and end_ms <= (start_ms or 0):
-        raise UsageError("--end", f"must come after the start ({end_ms} ms <= {start_ms or 0} ms)")
+        raise UsageError(None, f"must come after the start ({end_ms} ms <= {start_ms or 0} ms)", parameter="end")
     if max_frames is not None and max_frames < 1:
-        raise UsageError("--max-frames", f"must be at least 1 (got {max_frames})")
+        raise UsageError(None, f"must be at least 1 (got {max_frames})", parameter="max_frames")
     ends = [Fraction(x) for x in (end_ms, duration_ms) if x is not None]
     end = min(ends) if ends else None
     k0 = math.ceil(start / step)
@@ -166,7 +166,7 @@ def iter_frames(
     if plan.count == 0:
         return
     w, h = frame_size(info.width, info.height, max_tokens=max_tokens, min_tokens=min_tokens)
-    from .source import decode_guard
+    from .faults import decode_guard
 
     with decode_guard(source.name):
         chunks = _chunk_plan(source, plan, info.video_origin_pts)
@@ -317,8 +317,8 @@ def _decode(
     import av
     import numpy as np
 
+    from .faults import av_bad_input
     from .probe import pick_streams
-    from .source import av_bad_input
 
     name = source.name
     w, h = size

@@ -86,7 +86,7 @@ def load_image(
     Raises BadInput when the input is not an image (audio, video) or cannot be used.
     """
 
-    from .source import decode_guard
+    from .faults import decode_guard
 
     source.require("image")
     with decode_guard(source.name):
@@ -148,8 +148,8 @@ def _load_with_av(source: Source, *, max_tokens: int, min_tokens: int) -> np.nda
     import av
     import numpy as np
 
+    from .faults import av_bad_input
     from .probe import pick_streams
-    from .source import av_bad_input
 
     name = source.name
     try:

@@ -236,7 +236,7 @@ def _first_frame(c: InputContainer, s: Stream, name: str) -> Any:
             if packets >= 400:
                 break
     except av.error.FFmpegError as e:
-        from .source import av_bad_input
+        from .faults import av_bad_input
 
         raise av_bad_input(e, name, during="decode") from None
     return None

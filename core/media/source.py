@@ -37,7 +37,6 @@ import contextlib
 import os
 import stat
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -46,6 +45,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from .. import interrupt
 from ..errors import BadInput, GemmapipeError, UsageError
+from ..sink import make_temp, untrack_temp
+from .faults import av_bad_input, decode_guard
 
 if TYPE_CHECKING:
     from av.container import InputContainer
@@ -96,7 +97,7 @@ def spool_limit() -> int:
     number = text[: len(text) - len(unit)].strip()
     if number.isdigit() and int(number) > 0:
         return int(number) * _UNITS[unit]
-    raise UsageError(SPOOL_MAX_ENV, f"is not a size: {raw!r}",
+    raise UsageError("{spool_max_env}", f"is not a size: {raw!r}",
                      "give a number of bytes, or one with K, M, G or T (binary: 4G is 4 GiB)")
 
 
@@ -117,7 +118,7 @@ class _SpoolFile:
         self.size = 0
         interrupt.stage("spool")
         try:
-            self.fd, self.path = tempfile.mkstemp(prefix="gemmapipe-stdin-", suffix=".spool")
+            self.fd, self.path = make_temp(prefix="gemmapipe-stdin-", suffix=".spool")
         except OSError as e:
             raise GemmapipeError(name, f"cannot be copied to a temporary file ({e.strerror or e})",
                                  "set TMPDIR to a writable folder, or pass a file instead of a pipe") from None
@@ -126,7 +127,7 @@ class _SpoolFile:
     def write(self, data: bytes) -> None:
         if self.size + len(data) > self.limit:
             raise BadInput(self.name, f"is larger than the {format_size(self.limit)} spool limit",
-                           f"save it to a file and pass its path, or raise {SPOOL_MAX_ENV}")
+                           "save it to a file and pass its path, or raise {spool_max_env}")
         view = memoryview(data)
         try:
             while view:
@@ -153,6 +154,7 @@ class _SpoolFile:
         with contextlib.suppress(OSError):
             os.unlink(self.path)
         _SPOOLS.discard(self.path)
+        untrack_temp(self.path)
 
 # ---------------------------------------------------------------------------------------- sniffing
 
@@ -504,8 +506,8 @@ class Source:
         what = {"image": "an image", "audio": "an audio file", "video": "a video"}[self.kind]
         reason = f"is {what}, not {want}" if purpose is None else f"is {what}, but {purpose} needs {want}"
         # the command that takes what was given
-        hint = {"image": "use `gemmapipe describe`", "audio": "use `gemmapipe transcribe`",
-                "video": "use `gemmapipe video`"}[self.kind]
+        hint = {"image": "use `{describe_command}`", "audio": "use `{transcribe_command}`",
+                "video": "use `{video_command}`"}[self.kind]
         raise BadInput(self.name, reason, hint)
 
     def require_audio(self) -> None:
@@ -553,62 +555,6 @@ def av_open(target: Any, name: str) -> InputContainer:
         raise av_bad_input(e, name) from None
     except (OSError, ValueError) as e:
         raise BadInput(name, f"cannot be opened ({e})") from None
-
-
-def av_bad_input(e: BaseException, name: str, during: str = "open") -> BadInput:
-    """One clear BadInput for a PyAV/ffmpeg error."""
-    import av
-
-    if isinstance(e, av.error.DecoderNotFoundError):
-        return BadInput(name, "uses a codec this build of ffmpeg cannot decode", "convert it, e.g. to WAV, MP4 or PNG")
-    if isinstance(e, av.error.EOFError | EOFError):
-        return BadInput(name, "ends too early: the file is truncated", "re-download or re-export it")
-    if isinstance(e, av.error.InvalidDataError):
-        if during == "open":
-            return BadInput(
-                name,
-                "is not a readable audio, video or image file (or it is truncated or corrupt)",
-                "check that the file is complete; supported: common audio, video and image formats",
-            )
-        return BadInput(name, "is corrupt or truncated: decoding failed", "re-download or re-export it")
-    if isinstance(e, av.error.PatchWelcomeError | av.error.OptionNotFoundError):
-        return BadInput(name, "uses a feature or codec ffmpeg does not support", "convert it first")
-    msg = getattr(e, "strerror", None) or str(e)
-    return BadInput(name, f"cannot be decoded ({msg})")
-
-
-@contextlib.contextmanager
-def decode_guard(name: str) -> Iterator[None]:
-    """Turn whatever a damaged input makes PyAV, numpy or Pillow raise into one BadInput.
-
-    Our own errors (BadInput, UsageError...), RuntimeError (misuse) and BaseExceptions pass through."""
-    import struct as _struct
-
-    try:
-        yield
-    except GemmapipeError:
-        raise
-    except Exception as e:
-        import av
-
-        if isinstance(e, av.error.FFmpegError):
-            raise av_bad_input(e, name, during="decode") from None
-        if isinstance(
-            e,
-            ValueError
-            | IndexError
-            | KeyError
-            | OverflowError
-            | ZeroDivisionError
-            | EOFError
-            | _struct.error
-            | MemoryError
-            | SyntaxError
-            | OSError
-            | TypeError,
-        ):
-            raise BadInput(name, f"cannot be decoded: it is damaged or unusual ({type(e).__name__}: {e})") from None
-        raise
 
 
 # ------------------------------------------------------------------------------------ open_input

@@ -42,6 +42,13 @@ def attachment_parts(spec: str, *, image_tokens: int = 280, frame_tokens: int = 
         return unit_parts(build_timeline(src, VideoOptions(frame_tokens=frame_tokens)).units)
 
 
+def n_ctx_for(parts: list[Part], options: GenerateOptions) -> int:
+    """The context a chat turn asks for: its media, the answer, and room for the conversation."""
+    from ..context import context_for
+
+    return context_for(media_tokens(parts) + options.max_tokens + 1024 + 1, 4096)
+
+
 @dataclass
 class ChatSession:
     system: str | None = None

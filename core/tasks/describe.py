@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..context import context_for
 from ..engine.base import Engine, GenerateOptions
 from ..engine.grammar import parse_json_output, schema_to_grammar
 from ..engine.parts import Image, Message, Text
@@ -43,7 +44,7 @@ def image_messages(pixels: np.ndarray, options: DescribeOptions) -> list[Message
 
 def n_ctx_for(options: DescribeOptions) -> int:
     need = options.image_tokens + 256 + len(options.prompt) // 2 + options.generate.max_tokens
-    return max(1024, 1 << (need - 1).bit_length())
+    return context_for(need, 1024)
 
 
 def answer(engine: Engine, messages: list[Message], generate: GenerateOptions, *, schema: bool,

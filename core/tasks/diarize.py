@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..context import context_for
 from ..engine.base import Engine, GenerateOptions
 from ..engine.grammar import schema_to_grammar
 from ..engine.parts import Audio, Message, Part, Text
@@ -43,7 +44,8 @@ class DiarizeOptions:
 
     def validate(self) -> None:
         if self.min_speakers < 1 or self.max_speakers < self.min_speakers:
-            raise UsageError("--speakers", f"need 1 <= min ({self.min_speakers}) <= max ({self.max_speakers})")
+            raise UsageError(None, f"need 1 <= min ({self.min_speakers}) <= max ({self.max_speakers})",
+                             parameter="speakers")
 
 
 def speaker_schema(known: int, can_add: bool) -> dict[str, Any]:
@@ -69,7 +71,7 @@ def clip_prompt(exemplars: list[np.ndarray], clip: np.ndarray, options: DiarizeO
 def n_ctx_for(options: DiarizeOptions) -> int:
     audio = int((options.max_clip_s + options.max_speakers * EXEMPLAR_S) * 25) + 16 * options.max_speakers
     need = audio + 256 + options.generate.max_tokens
-    return max(2048, 1 << (need - 1).bit_length())
+    return context_for(need, 2048)
 
 
 def label(index: int, options: DiarizeOptions) -> str:
@@ -132,7 +134,7 @@ def require_scoring() -> None:
     try:
         import pyannote.metrics  # noqa: F401
     except ImportError:
-        raise UsageError("--score", "needs pyannote.metrics", "pip install 'gemmapipe[score]'") from None
+        raise UsageError(None, "needs pyannote.metrics", "pip install 'gemmapipe[score]'", parameter="score") from None
 
 
 RttmTurn = tuple[float, float, str]  # onset s, duration s, speaker
@@ -143,7 +145,7 @@ def read_rttm(path: str) -> list[RttmTurn]:
     file and line: missing, unreadable, a malformed line)."""
     import math
 
-    where = f"--score {path}"
+    where = f"{{score}} {path}"
     turns: list[RttmTurn] = []
     try:
         with open(path, encoding="utf-8") as fh:

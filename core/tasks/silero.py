@@ -33,7 +33,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
-from .segment import FRAME, SpeechSegmenter
+from .vad_energy import FRAME, SpeechSegmenter
 
 if TYPE_CHECKING:
     import numpy as np

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..context import context_for
 from ..engine.base import Engine, GenerateOptions, is_templated
 from ..engine.parts import Audio, Message, Text
 from ..results import Segment, Transcript
@@ -70,7 +71,7 @@ def clip_messages(samples: Any, options: TranscribeOptions, *, templated: bool) 
 def n_ctx_for(options: TranscribeOptions, extra_tokens: int = 0) -> int:
     audio = int(options.max_clip_s * AUDIO_TOKENS_PER_S) + 8
     need = audio + 256 + options.generate.max_tokens + extra_tokens
-    return max(1024, 1 << (need - 1).bit_length())
+    return context_for(need, 1024)
 
 
 _WORD = re.compile(r"\S+")

@@ -288,6 +288,9 @@ def _prefill_and_save(engine: StatefulEngine, cache: StateCache, key: Key, messa
     return evaluated
 
 
+VIDEO_CTX = 16384  # the context a video asks for (within what the model was trained for); windows beyond
+
+
 def video(source: Source, engine_for: Callable[[int], Engine], options: VideoOptions, n_ctx: int,
           on_progress: Callable[[float], None] | None = None) -> Description:
     t0 = time.perf_counter()
@@ -302,7 +305,6 @@ def video(source: Source, engine_for: Callable[[int], Engine], options: VideoOpt
     tl = build_timeline(source, options)
     frame_tokens = options.frame_tokens
     total = tl.tokens(frame_tokens)
-    prompt_budget = n_ctx - options.generate.max_tokens - 256
     meta: dict[str, Any] = {"frames": tl.frames_total, "frames_dropped": tl.frames_dropped,
                             "audio_seconds": tl.audio_seconds_total, "audio_seconds_silent": tl.audio_seconds_silent,
                             "tokens_media": total, "tokens_saved": tl.saved_tokens(frame_tokens)}
@@ -311,6 +313,11 @@ def video(source: Source, engine_for: Callable[[int], Engine], options: VideoOpt
     meta.update(source.meta())  # warnings, NaN samples replaced
     if engine is None:
         engine = engine_for(n_ctx)
+    # Windows are sized by the context the engine really has (a model trained for less, or a server
+    # that reports its own), not by what was asked for.
+    if 0 < engine.n_ctx < n_ctx:
+        n_ctx = engine.n_ctx
+    prompt_budget = n_ctx - options.generate.max_tokens - 256
     question = Text("\n" + options.prompt)
     if total <= prompt_budget:
         messages = [Message("user", [*unit_parts(tl.units), question])]

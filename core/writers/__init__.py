@@ -49,7 +49,7 @@ def _lookup(table: dict[str, Any], fmt: str, what: str) -> Any:
         return table[fmt.lower()]
     except KeyError:
         raise UsageError(
-            "--format", f"unknown {what} format {fmt!r}", f"choose one of: {', '.join(table)}"
+            None, f"unknown {what} format {fmt!r}", f"choose one of: {', '.join(table)}", parameter="format"
         ) from None
 
 
