@@ -3,6 +3,7 @@
 Only light modules are imported here: `--help` must not pay for numpy, av or llama_cpp.
 """
 
+import contextlib
 import errno
 import os
 import sys
@@ -45,7 +46,7 @@ def click_app() -> typer.core.TyperGroup:
     """The Click command tree, with grouped help and readable metavars (run and docgen use this)."""
     from .helpfmt import dress
 
-    return dress(typer.main.get_command(app))  # type: ignore[no-any-return]
+    return dress(typer.main.get_command(app))
 
 
 def parse_system_info(info: str) -> dict[str, list[str]]:
@@ -169,6 +170,10 @@ def main() -> None:
     from .signals import install_signal_handlers
 
     install_signal_handlers()
+    # File names are bytes on Unix: one that is not UTF-8 reaches text output as it was given.
+    for stream in (sys.stdout, sys.stdin):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
     try:
         code = run()
         sys.stdout.flush()

@@ -126,7 +126,7 @@ def man_page() -> str:
     for name in COMMANDS:
         contexts[name] = (group.commands[name], group.commands[name].make_context(name, [], parent=root,
                                                                                   resilient_parsing=True))
-    models = group.commands["models"]
+    models: Any = group.commands["models"]
     models_ctx = models.make_context("models", [], parent=root, resilient_parsing=True)
     for name, sub in models.commands.items():
         contexts[f"models {name}"] = (sub, sub.make_context(name, [], parent=models_ctx, resilient_parsing=True))
@@ -161,9 +161,10 @@ def man_page() -> str:
     seen = set()
     for cmd, _ctx in contexts.values():
         for p in cmd.params:
-            if getattr(p, "envvar", None) and p.envvar not in seen:
-                seen.add(p.envvar)
-                lines += _tp(p.envvar, f"Default of {'/'.join(p.opts)}: {p.help or ''}")
+            envvar = getattr(p, "envvar", None)
+            if isinstance(envvar, str) and envvar not in seen:
+                seen.add(envvar)
+                lines += _tp(envvar, f"Default of {'/'.join(p.opts)}: {getattr(p, 'help', '') or ''}")
     for name, text in ENVIRONMENT:
         lines += _tp(name, text)
     lines += [".SH FILES"]

@@ -267,11 +267,10 @@ class Session:
         """Write the plan of each input as JSON (one object per line) and load no model: what will be
         fed (the same functions the run uses) and, with a local model configured, the memory for the
         context the run would load (`context_size(n_ctx)`)."""
-        import json
-
         from .media.source import open_input
         from .plan import plan_input
         from .sink import open_sink
+        from .writers.base import dumps
 
         def one(spec: str, out: Any) -> None:
             with open_input(spec, warn=self.warn) as src:
@@ -279,7 +278,7 @@ class Session:
             memory = self.plan_memory(n_ctx)
             if memory:
                 plan["memory"] = memory
-            out.write(json.dumps(plan, ensure_ascii=False) + "\n")
+            out.write(dumps(plan) + "\n")
 
         self.plan_outputs(inputs)
         with open_sink(self.config.output) as out:

@@ -338,3 +338,32 @@ def test_output_with_output_dir_is_refused(tmp_path: Path, capsys: pytest.Captur
     assert run(["transcribe", "-o", str(tmp_path / "x.txt"), "--output-dir", str(tmp_path / "d"), str(wav)]) == 2
     assert "--output-dir" in one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "x.txt").exists() and not (tmp_path / "d").exists()
+
+
+# --- names that are not UTF-8 are bytes, written losslessly ---------------------------------------------
+
+def test_non_utf8_names_give_valid_json_and_byte_exact_output_names(tmp_path: Path, fake_engine: list) -> None:  # noqa: F811
+    raw = os.fsencode(tmp_path) + b"/caf\xe9-\xff.wav"  # Latin-1 bytes: not UTF-8
+    name = os.fsdecode(raw)
+    os.rename(speech(tmp_path / "tmp.wav"), raw)
+    good = speech(tmp_path / "plain.wav", seed=2)
+    fake_engine.replies = ["hello"]
+    out = tmp_path / "all.json"
+    assert run(["transcribe", "-f", "json", "-o", str(out), name]) == 0
+    text = out.read_bytes().decode("utf-8")  # strict: the document is valid UTF-8
+    assert os.fsencode(json.loads(text)["file"]) == raw  # and says exactly which file
+    assert run(["transcribe", "-f", "jsonl", "-o", str(tmp_path / "b.jsonl"), name, str(good)]) == 0
+    recs = [json.loads(x) for x in (tmp_path / "b.jsonl").read_bytes().decode("utf-8").splitlines()]
+    assert {os.fsencode(r["file"]) for r in recs} == {raw, os.fsencode(good)}
+    assert run(["transcribe", "--output-dir", str(tmp_path / "d"), name, str(good)]) == 0
+    assert sorted(os.listdir(os.fsencode(tmp_path / "d"))) == [b"caf\xe9-\xff.txt", b"plain.txt"]
+
+
+def test_non_utf8_name_to_stdout_in_a_real_process(tmp_path: Path) -> None:
+    raw = os.fsencode(tmp_path) + b"/\xff\xfe.wav"
+    os.rename(speech(tmp_path / "tmp.wav"), raw)
+    proc = subprocess.run([os.fsencode(sys.executable), b"-m", b"gemmapipe", b"transcribe", b"--dry-run", raw],
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout.decode("utf-8"))
+    assert os.fsencode(plan["file"]) == raw

@@ -18,6 +18,7 @@ Times stay integer milliseconds until formatted here.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, ClassVar, TextIO
 
 from ..results import Description, Segment, Transcript
@@ -52,6 +53,9 @@ def cue_text(text: str) -> str:
     return "\n".join(line.replace("-->", "->") for line in lines if line)
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def dumps(obj: Any) -> str:
     """JSON on one line, UTF-8 text kept as is; anything unserializable in meta becomes a string.
 
@@ -62,7 +66,9 @@ def dumps(obj: Any) -> str:
     for ch in "\x85\u2028\u2029":
         if ch in text:
             text = text.replace(ch, f"\\u{ord(ch):04x}")
-    return text
+    # A file name that is not UTF-8 (bytes kept by surrogateescape) would make the document invalid
+    # UTF-8: write its lone surrogates as JSON escapes (\udcff), which json.loads reads back exactly.
+    return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def segment_record(seg: Segment, file: str | None = None) -> dict[str, Any]:
