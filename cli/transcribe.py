@@ -67,6 +67,7 @@ def run_segments(inputs: list[str], *, runner: Runner, fmt: str | None, formats:
                  fail_fast: bool, task: Callable[..., Any], meta: dict[str, Any], skip_existing: bool = False,
                  errors_as_records: bool = False) -> int:
     """Shared by transcribe and diarize: one writer per stream (or per file with --output-dir)."""
+    from gemmapipe.core.audio_format import SAMPLE_RATE
     from gemmapipe.core.media.source import open_input
     from gemmapipe.core.writers import get_writer
 
@@ -81,7 +82,7 @@ def run_segments(inputs: list[str], *, runner: Runner, fmt: str | None, formats:
             info: dict[str, Any] = dict(meta)
             out.begin(src.name, info)
             with runner.progress(src.name, None) as advance:
-                result = task(src, on_segment=out.segment, on_progress=lambda s: advance(s / 16000))
+                result = task(src, on_segment=out.segment, on_progress=lambda s: advance(s / SAMPLE_RATE))
             info.update(result.meta)
             info.update(src.meta())  # warnings, NaN samples replaced
             info.update(runner_meta(runner))

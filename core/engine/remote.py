@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from ..audio_format import SAMPLE_RATE
 from ..errors import GemmapipeError, UsageError
 from .base import EngineInfo, EngineStats, GenerateOptions, TokenCount
 from .parts import Audio, Image, Message, Text
@@ -46,7 +47,6 @@ from .parts import Audio, Image, Message, Text
 if TYPE_CHECKING:
     import numpy as np
 
-SAMPLE_RATE = 16000
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 _MAX_DELAY_S = 60.0
 _THOUGHT_OPEN, _THOUGHT_CLOSE = "<|channel>", "<channel|>"

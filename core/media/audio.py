@@ -45,6 +45,8 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..audio_format import SAMPLE_RATE
+from ..audio_format import WINDOW as AUDIO_WINDOW
 from ..cpus import usable_cpus
 from ..errors import BadInput, UsageError
 
@@ -54,10 +56,9 @@ if TYPE_CHECKING:
     from .probe import MediaInfo
     from .source import Source
 
-SAMPLE_RATE = 16000
 """What gemma4ua takes: 16 kHz mono float PCM."""
 
-WINDOW = 640
+WINDOW = AUDIO_WINDOW
 """Samples per audio token (40 ms): 25 tokens a second."""
 
 DEFAULT_BLOCK = SAMPLE_RATE * 30

@@ -15,12 +15,11 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BadInput
 from .geometry import DEFAULT_IMAGE_TOKENS, MTMD_MIN_TOKENS, check_geometry, fit_size
-from .probe import IMAGE_PIXEL_LIMIT
+from .probe import check_pixels, open_pillow
 
 if TYPE_CHECKING:
     import numpy as np
@@ -100,9 +99,7 @@ def _load(source: Source, *, max_tokens: int, min_tokens: int) -> np.ndarray:
     name = source.name
     with source.open_file() as f:
         try:
-            with warnings.catch_warnings():  # our own pixel limit applies (IMAGE_PIXEL_LIMIT)
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                im = Image.open(f)
+            im = open_pillow(f)
         except Image.DecompressionBombError as e:
             raise BadInput(name, f"is too large to decode safely ({e})") from None
         except UnidentifiedImageError:
@@ -117,12 +114,7 @@ def _load(source: Source, *, max_tokens: int, min_tokens: int) -> np.ndarray:
                 w, h = im.size
                 if orient in (5, 6, 7, 8):
                     w, h = h, w
-                if w * h > IMAGE_PIXEL_LIMIT:
-                    raise BadInput(
-                        name,
-                        f"is {w}x{h} pixels, more than the {IMAGE_PIXEL_LIMIT:,} accepted (decompression bomb guard)",
-                        "scale it down first",
-                    )
+                check_pixels(w, h, name)
                 check_geometry(w, h, name)
                 tw, th = fit_size(w, h, min_tokens=min_tokens, max_tokens=max_tokens)
                 if im.format == "JPEG" and im.mode in ("RGB", "L", "CMYK"):
@@ -161,8 +153,7 @@ def _load_with_av(source: Source, *, max_tokens: int, min_tokens: int) -> np.nda
             for frame in c.decode(video):
                 rot = (round((getattr(frame, "rotation", 0) or 0) / 90) * 90) % 360
                 w, h = (frame.height, frame.width) if rot in (90, 270) else (frame.width, frame.height)
-                if w * h > IMAGE_PIXEL_LIMIT:
-                    raise BadInput(name, f"is {w}x{h} pixels, more than the {IMAGE_PIXEL_LIMIT:,} accepted")
+                check_pixels(w, h, name)
                 check_geometry(w, h, name)
                 tw, th = fit_size(w, h, min_tokens=min_tokens, max_tokens=max_tokens)
                 sw, sh = (th, tw) if rot in (90, 270) else (tw, th)

@@ -71,6 +71,23 @@ def probe(source: Source) -> MediaInfo:
 # ------------------------------------------------------------------------------------------- images
 
 
+def open_pillow(f: Any) -> Any:
+    """Image.open with Pillow's own bomb warning silenced: our pixel limit (`check_pixels`) applies,
+    and Pillow's hard limit still raises DecompressionBombError (callers turn it into BadInput)."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(f)
+
+
+def check_pixels(w: int, h: int, name: str) -> None:
+    """The decompression-bomb guard: BadInput for more than IMAGE_PIXEL_LIMIT pixels."""
+    if w * h > IMAGE_PIXEL_LIMIT:
+        raise BadInput(name, f"is {w}x{h} pixels, more than the {IMAGE_PIXEL_LIMIT:,} accepted (decompression bomb "
+                             "guard)", "scale it down first")
+
+
 def probe_image(source: Source, fmt: str) -> MediaInfo:
     """Header of a still image via Pillow (size after EXIF orientation); refuses unusable images."""
     from PIL import Image, UnidentifiedImageError
@@ -79,9 +96,7 @@ def probe_image(source: Source, fmt: str) -> MediaInfo:
 
     with source.open_file() as f:
         try:
-            with warnings.catch_warnings():  # our own pixel limit applies (IMAGE_PIXEL_LIMIT)
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                im = Image.open(f)
+            im = open_pillow(f)
             with im:
                 w, h = im.size
                 n_frames = int(getattr(im, "n_frames", 1) or 1)
@@ -102,12 +117,7 @@ def probe_image(source: Source, fmt: str) -> MediaInfo:
             raise BadInput(source.name, f"is not a readable {fmt} image ({e})") from None
     if orientation in (5, 6, 7, 8):
         w, h = h, w
-    if w * h > IMAGE_PIXEL_LIMIT:
-        raise BadInput(
-            source.name,
-            f"is {w}x{h} pixels, more than the {IMAGE_PIXEL_LIMIT:,} accepted (decompression bomb guard)",
-            "scale it down first",
-        )
+    check_pixels(w, h, source.name)
     check_geometry(w, h, source.name)
     return MediaInfo(
         kind="image",

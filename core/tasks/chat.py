@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..audio_format import SAMPLE_RATE
 from ..engine.base import Engine, GenerateOptions
 from ..engine.parts import Audio, Image, Message, Part, Text
 from ..errors import BadInput, GemmapipeError, UsageError
@@ -35,7 +36,7 @@ def attachment_parts(spec: str, *, image_tokens: int = 280, frame_tokens: int = 
             samples = read_audio(src)
             if samples.size == 0:
                 raise BadInput(src.name, "the audio is empty")
-            step = MAX_AUDIO_S * 16000  # the model's comfort zone per clip
+            step = MAX_AUDIO_S * SAMPLE_RATE  # the model's comfort zone per clip
             return [Audio(samples[i:i + step]) for i in range(0, samples.size, step)]
         from .video import VideoOptions, build_timeline, unit_parts
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
+from ..audio_format import SAMPLE_RATE
 from ..errors import UsageError
 from .vad_energy import FRAME, SpeechSegmenter
 
@@ -86,7 +87,7 @@ class SileroSegmenter(SpeechSegmenter):
         self.session = silero_session()
         self.state = np.zeros((2, 1, 128), dtype=np.float32)
         self.context = np.zeros((1, CONTEXT), dtype=np.float32)
-        self.rate = np.array(16000, dtype=np.int64)
+        self.rate = np.array(SAMPLE_RATE, dtype=np.int64)
         self.base: int | None = None  # absolute frame where the chunk grid starts
         self.buf = np.zeros(0, dtype=np.float32)  # frame samples not yet in a whole chunk
         self.probs: list[float] = []  # probabilities of the chunks from `first_chunk` on

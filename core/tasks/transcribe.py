@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..audio_format import SAMPLE_RATE
 from ..context import context_for
 from ..engine.base import Engine, GenerateOptions, is_templated
 from ..engine.parts import Audio, Message, Text
@@ -16,7 +17,6 @@ from ..results import Segment, Transcript
 if TYPE_CHECKING:
     from ..media.source import Source
 
-SAMPLE_RATE = 16000
 MAX_CLIP_S = 30.0  # Google documents clips of up to 30 s; comprehension collapses beyond ~450-500 tokens
 AUDIO_TOKENS_PER_S = 25
 

@@ -47,11 +47,12 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from ..audio_format import SAMPLE_RATE, WINDOW
+
 if TYPE_CHECKING:
     import numpy as np
 
-SAMPLE_RATE = 16_000
-FRAME = 640  # samples in one model audio window: 40 ms, one token
+FRAME = WINDOW  # samples in one model audio window: 40 ms, one token
 FRAMES_PER_SECOND = SAMPLE_RATE // FRAME  # 25
 
 _DB_LOW = -80.0  # floor histogram range, dBFS; frames outside are clamped into it

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from ..audio_format import SAMPLE_RATE
 from ..engine.base import Engine, EngineState, GenerateOptions, StateError, StatefulEngine
 from ..engine.parts import Audio, CachedMessage, Image, Message, Part, Placeholder, Text
 from ..results import Description
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-SAMPLE_RATE = 16000
 DEFAULT_PROMPT = "Describe what happens in this video, citing times as [mm:ss]."
 TEXT_TOKENS_PER_UNIT = 8  # "[mm:ss] " and separators, measured on Gemma's tokenizer (~6-8)
 DUP_THRESHOLD = 2.0  # mean absolute difference (0-255) under which a frame repeats the last kept one
