@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import random
 import signal
 import sys
@@ -192,6 +193,41 @@ def random_option_case(rng: random.Random, media: dict[str, Path]) -> list[str]:
     options = [o for o in NUMERIC_OPTIONS if not (command == "describe" and o in TIME_OPTIONS)]
     option, value = rng.choice(options), odd_number(rng)
     return [command, "--dry-run", option, value, str(media[command])]  # Click takes "-5" as the value
+
+
+# --- file names ------------------------------------------------------------------------------------------
+# Odd names for a good input: each run is exit 0, JSON output stays valid UTF-8 and names the file by its
+# exact bytes, and the error line for a missing one stays one line.
+
+ODD_NAMES: list[bytes] = [
+    b"caf\xe9.wav", b"\xff\xfe.wav", b"new\nline.wav", b"tab\there.wav", b"-dash.wav", b" space .wav",
+    b"\xe2\x80\xa8sep.wav", b"esc\x1b[31m.wav", b"n" * 240 + b".wav", "日本語 🎤.wav".encode(), b"a.b.c.wav",
+]
+
+
+def exercise_name(good: Path, raw_name: bytes, folder: Path) -> None:
+    """Copy `good` to `raw_name` in `folder`, then dry-run it to stdout and to -o; and ask for a missing
+    file of that name: the contract holds for every name."""
+    import json
+    import shutil
+
+    from gemmapipe.cli.app import run
+
+    target = os.fsencode(folder) + b"/" + raw_name
+    shutil.copyfile(good, target)
+    name = os.fsdecode(target)
+    out_json = folder / "plan.json"
+    for args in (["transcribe", "--dry-run", name], ["transcribe", "--dry-run", "-o", str(out_json), name]):
+        err, out = io.StringIO(), io.StringIO()
+        with deadline(PER_INPUT_TIMEOUT_S), contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+            code = run(args)
+        if code != 0 or "Traceback" in err.getvalue():
+            raise AssertionError(f"{raw_name!r}: exit {code}: {err.getvalue().strip()}")
+    text = out_json.read_bytes().decode("utf-8")  # strict: valid UTF-8 whatever the name
+    if os.fsencode(json.loads(text)["file"]) != target:
+        raise AssertionError(f"{raw_name!r}: the plan names another file")
+    os.unlink(target)
+    exercise_option(["transcribe", "--dry-run", name], allowed=(3,))  # missing now: one error line
 
 
 def check(path: Path) -> str:

@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 
 from fuzzing import (
     CORPUS,
+    ODD_NAMES,
     check,
+    exercise_name,
     exercise_option,
     mutate,
     option_cases,
@@ -59,3 +61,9 @@ def test_bad_option_values_are_usage_errors(seed_paths: list[Path], cli_env: Pat
 @given(seed=st.integers(min_value=0, max_value=2**32 - 1))
 def test_odd_option_values_never_crash(seed: int, seed_paths: list[Path], cli_env: Path) -> None:
     exercise_option(random_option_case(random.Random(seed), option_media(seed_paths)), allowed=(0, 2, 3))
+
+
+@pytest.mark.parametrize("raw", ODD_NAMES, ids=lambda b: repr(b)[2:20])
+def test_odd_file_names_keep_the_contract(raw: bytes, seed_paths: list[Path], cli_env: Path, tmp_path: Path) -> None:
+    wav = next(p for p in seed_paths if p.suffix == ".wav")
+    exercise_name(wav, raw, tmp_path)
