@@ -15,11 +15,11 @@ from gemmapipe import __version__
 from gemmapipe.core.errors import EXIT_STATUS_HELP, ExitStatus, GemmapipeError
 
 from . import chat, configfile, describe, diarize, models, transcribe, video
-from .errors import error_line, quiet_broken_pipe, report
+from .errors import EXIT_BROKEN_PIPE, broken_pipe, error_line, report
 
 # 141 is not an ExitStatus: it is what a filter killed by SIGPIPE reports (128 + 13), see run()
 EXIT_STATUS = {**{int(code): text for code, text in EXIT_STATUS_HELP.items()},
-               141: "stdout closed by its reader (SIGPIPE, as in | head)"}
+               EXIT_BROKEN_PIPE: "stdout closed by its reader (SIGPIPE, as in | head)"}
 EPILOG = "Exit status: " + "; ".join(f"{code} {text}" for code, text in EXIT_STATUS.items()) + "."
 
 app = typer.Typer(
@@ -148,8 +148,7 @@ def run(argv: list[str] | None = None) -> int:
         sys.stderr.write("\ngemmapipe: interrupted\n")
         return ExitStatus.INTERRUPTED
     except BrokenPipeError:
-        quiet_broken_pipe()
-        return 141  # as if killed by SIGPIPE, like other Unix filters
+        return broken_pipe()
     except GemmapipeError as exc:
         if traceback:
             raise
@@ -178,8 +177,7 @@ def main() -> None:
         code = run()
         sys.stdout.flush()
     except BrokenPipeError:
-        quiet_broken_pipe()
-        code = 141
+        code = broken_pipe()
     except KeyboardInterrupt:  # arrived between the command's own handling and here
         code = ExitStatus.INTERRUPTED
     finally:

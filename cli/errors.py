@@ -47,9 +47,18 @@ def report(exc: GemmapipeError) -> None:
     error_line(subject, exc.reason, exc.hint)
 
 
+EXIT_BROKEN_PIPE = 141  # what a filter killed by SIGPIPE reports (128 + 13); not an ExitStatus
+
+
+def broken_pipe() -> int:
+    """The reader went away (`gemmapipe ... | head -1`): stop quietly, as a filter killed by SIGPIPE.
+    The one handler for it: every place that meets BrokenPipeError returns this."""
+    quiet_broken_pipe()
+    return EXIT_BROKEN_PIPE
+
+
 def quiet_broken_pipe() -> None:
-    """The reader went away (`| head -1`): point stdout at /dev/null so the interpreter's final flush
-    cannot raise again."""
+    """Point stdout at /dev/null so the interpreter's final flush cannot raise again."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

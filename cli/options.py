@@ -156,10 +156,10 @@ def with_common(func: F) -> F:
             return func(common=common, **kwargs)
         except BrokenPipeError:
             # `gemmapipe ... | head -1`: the reader left; stop quietly, as a filter killed by SIGPIPE.
-            from .errors import quiet_broken_pipe
+            # (here, before Click's own EPIPE handling turns it into exit 1)
+            from .errors import broken_pipe
 
-            quiet_broken_pipe()
-            raise typer.Exit(141) from None
+            raise typer.Exit(broken_pipe()) from None
 
     own_hints = {k: v for k, v in func.__annotations__.items() if k != "common"}
     wrapper.__signature__ = sig.replace(parameters=own + extra)  # type: ignore[attr-defined]
