@@ -345,10 +345,10 @@ class Session:
         sole input path exists and is readable (its own exit 3). In a batch a missing input stays
         one failure among the others, reported when its turn comes."""
         self.check_input_list(inputs)
-        if len(inputs) == 1 and inputs[0] != "-":
-            from .media.source import check_path
+        from .media.source import check_path, check_stdin
 
-            bad = check_path(inputs[0])
+        if len(inputs) == 1:
+            bad = check_stdin() if inputs[0] == "-" else check_path(inputs[0])
             if bad is not None:
                 raise bad
 

@@ -513,3 +513,14 @@ def test_printable_leaves_ordinary_text_alone() -> None:
     assert printable("ünïcödé 日本語 /path with spaces\\x") == "ünïcödé 日本語 /path with spaces\\x"
     assert printable("a\u2028b\x85c\x00") == "a\\u2028b\\x85c\\x00"
 
+
+
+@pytest.mark.parametrize("command", ["transcribe", "diarize", "describe", "video"])
+def test_closed_stdin_is_reported_before_any_model_is_looked_for(command: str, tmp_path: Path) -> None:
+    """No model configured at all: a closed stdin is still the input's exit 3, not the model's exit 4."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GEMMAPIPE_")}
+    env.update(XDG_CONFIG_HOME=str(tmp_path / "c"), XDG_DATA_HOME=str(tmp_path / "d"), XDG_CACHE_HOME=str(tmp_path / "k"))
+    proc = subprocess.run(f"{sys.executable} -m gemmapipe {command} - <&-", shell=True, capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.splitlines()[0] == "gemmapipe: error: <stdin>: standard input is closed"

@@ -694,6 +694,22 @@ def _classify(src: Source, head: bytes) -> None:
     src.format = src.info.format
 
 
+def check_stdin() -> BadInput | None:
+    """The BadInput reading `-` would raise when standard input is closed (`prog - <&-`), or None."""
+    import errno
+
+    if sys.stdin is None:
+        return BadInput(STDIN_NAME, "standard input is closed", "pass the file's path, or redirect it: - < FILE")
+    try:
+        os.fstat(sys.stdin.fileno())
+    except OSError as exc:
+        if exc.errno == errno.EBADF:
+            return BadInput(STDIN_NAME, "standard input is closed", "pass the file's path, or redirect it: - < FILE")
+    except (AttributeError, ValueError):  # a stand-in stream without a descriptor (tests, embedding)
+        pass
+    return None
+
+
 def _stdin_buffer() -> Any:
     """sys.stdin's binary buffer; BadInput when standard input is closed (`prog - <&-`)."""
     stream = sys.stdin
