@@ -110,12 +110,20 @@ def _object_schema(cls: type, depth: int) -> dict[str, Any]:
             "required": [k for k in hints if k in required]}
 
 
+def _param_hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    """The parameters' type hints, resolved (the return type's is not needed, and may name a class
+    local to where the function was made)."""
+    shim = types.SimpleNamespace(__annotations__={k: v for k, v in getattr(fn, "__annotations__", {}).items()
+                                                  if k != "return"})
+    return typing.get_type_hints(shim, globalns=getattr(fn, "__globals__", None), include_extras=False)
+
+
 def tool_from_function(fn: Callable[..., Any], *, source: str = "") -> Tool:
     """A Tool from a function: name, docstring, and the schema of its parameters from its hints."""
     name = fn.__name__
     where = f"function {name}" + (f" in {source}" if source else "")
     try:
-        hints = typing.get_type_hints(fn)
+        hints = _param_hints(fn)
     except Exception as exc:  # a hint naming something that does not exist
         raise UsageError(where, f"its type hints cannot be read: {exc}", parameter="functions") from None
     properties: dict[str, Any] = {}
@@ -175,7 +183,8 @@ def load_functions(path: str) -> list[Tool]:
     except Exception as exc:
         raise UsageError(where, f"failed while loading: {type(exc).__name__}: {exc}", parameter="functions") from None
     tools = [tool_from_function(value, source=path) for name, value in vars(module).items()
-             if inspect.isfunction(value) and not name.startswith("_") and value.__module__ == mod_name]
+             if inspect.isfunction(value) and not name.startswith("_") and value.__module__ == mod_name
+             and value.__name__ == name]  # a def of that name: not a lambda, not an alias
     if not tools:
         raise UsageError(where, "defines no function (a top-level def whose name does not start with _)",
                          parameter="functions")
@@ -190,19 +199,46 @@ def _as_content(value: Any) -> Any:
         return value if len(value) <= MAX_RESULT_CHARS else (
             value[:MAX_RESULT_CHARS] + f"\n[cut: the result was {len(value)} characters, the first "
                                        f"{MAX_RESULT_CHARS} are shown]")
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = dataclasses.asdict(value)
-    if isinstance(value, tuple | set | frozenset):
-        value = list(value)
-    if isinstance(value, enum.Enum):
-        value = value.value
     try:
-        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, default=_plain)
     except (TypeError, ValueError):
-        return _as_content(str(value))
+        try:
+            return _as_content(str(value))
+        except Exception:
+            return f"(a {type(value).__name__} that cannot be written out)"
     if len(text) > MAX_RESULT_CHARS:
         return _as_content(text)
     return json.loads(text)
+
+
+def _plain(value: Any) -> Any:
+    """What JSON cannot write itself, as plain data: dataclasses, enums, tuples and sets."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple | set | frozenset):
+        return list(value)
+    raise TypeError(type(value).__name__)
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """An argument as its parameter's type where JSON cannot carry that type: an enum from its
+    value, a dataclass from an object. Anything else is passed as it came."""
+    members = [a for a in typing.get_args(hint) if a is not type(None)] \
+        if typing.get_origin(hint) in (typing.Union, types.UnionType) else [hint]
+    if len(members) != 1 or value is None:
+        return value
+    target = members[0]
+    try:
+        if isinstance(target, type) and issubclass(target, enum.Enum) and not isinstance(value, target):
+            return target(value)
+        if isinstance(target, type) and dataclasses.is_dataclass(target) and isinstance(value, dict):
+            inner = typing.get_type_hints(target)
+            return target(**{k: _coerce(v, inner.get(k, Any)) for k, v in value.items()})
+    except (TypeError, ValueError):
+        return value  # the function sees what the model sent, and may say what is wrong with it
+    return value
 
 
 def error_result(call: ToolCall, message: str) -> ToolResult:
@@ -251,7 +287,9 @@ class Toolbox:
             names = ", ".join(t.name for t in self.tools)
             return error_result(call, f"there is no tool named {call.name!r}; the tools are: {names}")
         try:
-            bound = inspect.signature(tool.function).bind(**call.arguments)
+            hints = _param_hints(tool.function)
+            bound = inspect.signature(tool.function).bind(
+                **{k: _coerce(v, hints.get(k, Any)) for k, v in call.arguments.items()})
         except TypeError as exc:
             return error_result(call, f"wrong arguments for {tool.name}: {exc}")
         if self.approve is not None and not self.approve(call):

@@ -3,7 +3,8 @@
 `common/chat-peg-parser.cpp` gemma4_to_json, in the llama.cpp that llama-cpp-python 0.3.36 vendors).
 
 A call: `<|tool_call>call:NAME{key:value,...}<tool_call|>`. Keys are bare; a string is wrapped in
-`<|"|>` (no escapes inside); numbers, `true`, `false` and `null` are bare; objects `{...}` and
+`<|"|>` (no escapes inside); numbers, `true`, `false` and `null` are bare (the official template
+writes a null as `None`, which is read too); objects `{...}` and
 arrays `[...]` nest. The model ends its turn after its calls with `<|tool_response>` (an
 end-of-generation token), and the results come back inside the same model turn as
 `<|tool_response>response:NAME{...}<tool_response|>`, written by the template.
@@ -36,7 +37,7 @@ def format_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
-        return "null"
+        return "None"  # the template has no case for it: Jinja writes Python's None
     if isinstance(value, dict):
         return "{" + ",".join(f"{k}:{format_value(v)}" for k, v in sorted(value.items())) + "}"
     if isinstance(value, list | tuple):
@@ -100,7 +101,7 @@ class _Reader:
                     self.i += 1
                     return items
                 raise self.fail("expected , or ] in an array")
-        for word, val in (("true", True), ("false", False), ("null", None)):
+        for word, val in (("true", True), ("false", False), ("null", None), ("None", None)):
             if s.startswith(word, i):
                 self.i += len(word)
                 return val
@@ -310,7 +311,7 @@ def grammar(tools: list[dict[str, Any]], *, parallel: bool = True, thought: bool
     lines = [head, f"call ::= {call}"]
     lines += [f"{k} ::= {v}" for k, v in rules.items()]
     lines += [
-        "value ::= string | object | array | number | \"true\" | \"false\" | \"null\"",
+        "value ::= string | object | array | number | \"true\" | \"false\" | \"null\" | \"None\"",
         f"string ::= {_lit(QUOTE)} str0 {_lit(QUOTE)}",
         *_excluding("str", QUOTE),
         'object ::= "{" ws ( "}" | kv ( "," ws kv )* ws "}" )',

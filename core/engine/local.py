@@ -497,10 +497,11 @@ class LocalEngine:
                 raise GemmapipeError("schema", "llama.cpp rejected the grammar built from it")
             L.llama_sampler_chain_add(chain, g)
         elif options.tools and options.tool_choice != "none":
-            # Free text until the model starts a call, that call's syntax from there on (forced from
-            # the first token when a call is required).
-            text = gemma4.grammar(options.tools, thought=options.think)
-            g = (L.llama_sampler_init_grammar(self._vocab, text.encode(), b"root") if options.tool_choice == "required"
+            # Free text until the model starts a call, the calls' syntax from there on; a required
+            # call is forced from the first token (one call, then the end of the answer).
+            forced = options.tool_choice == "required"
+            text = gemma4.grammar(options.tools, thought=options.think and forced, parallel=not forced)
+            g = (L.llama_sampler_init_grammar(self._vocab, text.encode(), b"root") if forced
                  else gemma4.lazy_grammar_sampler(L, self._vocab, text, self._single_token(gemma4.CALL_OPEN)))
             if not g:
                 L.llama_sampler_free(chain)

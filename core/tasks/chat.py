@@ -43,11 +43,15 @@ def attachment_parts(spec: str, *, image_tokens: int = 280, frame_tokens: int = 
         return unit_parts(build_timeline(src, VideoOptions(frame_tokens=frame_tokens)).units)
 
 
-def n_ctx_for(parts: list[Part], options: GenerateOptions) -> int:
-    """The context a chat turn asks for: its media, the answer, and room for the conversation."""
+def n_ctx_for(parts: list[Part], options: GenerateOptions, tools: Toolbox | None = None) -> int:
+    """The context a chat turn asks for: its media, the answer, and room for the conversation
+    (with tools: their declarations, and a step of calls and results for each of the chain)."""
     from ..context import context_for
 
-    return context_for(media_tokens(parts) + options.max_tokens + 1024 + 1, 4096)
+    room = 1024
+    if tools is not None and tools.tools:
+        room += len(json.dumps(tools.declarations())) // 2 + 512 * min(tools.chain_limit or 8, 8)
+    return context_for(media_tokens(parts) + options.max_tokens + room + 1, 4096)
 
 
 @dataclass
