@@ -38,6 +38,17 @@ def command(
     = None,
     image_tokens: Annotated[int, typer.Option("--image-tokens", min=70, max=1120, help="Token budget per image.")]
     = 280,
+    functions: Annotated[list[str] | None, typer.Option("--functions", show_default=False, metavar="FILE.py",
+                                                        help="Python file whose top-level functions the model may "
+                                                             "call as tools (repeatable).")] = None,
+    chain_limit: Annotated[int, typer.Option("--chain-limit", min=0, max=1000, metavar="N",
+                                             help="Steps of tool calls in a row before the model must answer "
+                                                  "(0: no limit).")] = 5,
+    tools_debug: Annotated[bool, typer.Option("--tools-debug", help="Print each tool call and its result to "
+                                                                    "stderr.")] = False,
+    tools_approve: Annotated[bool, typer.Option("--tools-approve", help="Ask on the terminal before each tool call "
+                                                                        "(refused when there is no terminal).")]
+    = False,
     *,
     common: Common,
 ) -> int:
@@ -84,11 +95,17 @@ def command(
     convo = ChatSession.load(store, image_tokens=image_tokens) if store else ChatSession()
     if system:
         convo.system = system
+    if functions:
+        from .toolsui import toolbox
+
+        convo.tools = toolbox(functions, chain_limit=chain_limit, debug=tools_debug, approve=tools_approve,
+                              schema=bool(schema), warn=runner.warn)
+        convo.warn = runner.warn
     thoughts = _thought_printer(common) if think else None
     json_schema = load_schema(schema) if schema else None
     grammar = schema_to_grammar(json_schema) if json_schema else None
     options = runner.generate_options(2048, think=think, on_thought=thoughts, grammar=grammar, json_schema=json_schema)
-    n_ctx = n_ctx_for(parts, options)
+    n_ctx = n_ctx_for(parts, options, convo.tools)
 
     def engine() -> Any:
         return runner.engine(n_ctx=n_ctx, image_tokens=(1, max(70, image_tokens)) if needs & {"vision"} else None)

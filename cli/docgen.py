@@ -76,6 +76,8 @@ EXAMPLES = [
      "gemmapipe describe -p 'How many people?' --schema schema.json photo.jpg"),
     ("Summarise a video (frames and audio together):", "gemmapipe video -p 'Summarise this.' clip.mp4"),
     ("Pipe text in, attach a file:", "git diff | gemmapipe chat -a screenshot.png 'Does this match?'"),
+    ("Let the model call the Python functions of a file, asking before each call:",
+     "gemmapipe chat --functions tools.py --tools-approve 'How many words are in notes.txt?'"),
     ("Fetch the default model once, then see where it is:", "gemmapipe models pull && gemmapipe models path"),
     ("Use a running llama-server instead of a local GGUF:",
      "gemmapipe chat --server http://localhost:8080 'Say hello.'"),

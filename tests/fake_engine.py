@@ -34,6 +34,10 @@ class FakeEngine:
             for i, word in enumerate(reply.split(" ")):
                 yield word if i == 0 else " " + word
 
+        if options.tools:  # as the local engine: Gemma 4's calls in the reply are split out of the text
+            from gemmapipe.core.engine.gemma4 import split_calls
+
+            return split_calls(stream(), options.on_tool_call)
         return stream()
 
     def count_tokens(self, messages: list[Message], options: GenerateOptions) -> TokenCount:

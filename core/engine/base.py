@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from .parts import CachedMessage, Message
+from .parts import CachedMessage, Message, ToolCall
 
 
 @dataclass
@@ -45,6 +45,14 @@ class GenerateOptions:
     think: bool = False
     on_thought: Callable[[str], None] | None = None  # thinking text goes here, never to the answer
     add_generation_prompt: bool = True
+    # Tools the model may call, as OpenAI function declarations ({"type": "function", "function":
+    # {"name", "description", "parameters"}}): the local engine puts them in the template's `tools`,
+    # a remote engine in the request. The answer's calls go to `on_tool_call` (one ToolCall each, in
+    # order, once the answer is complete), never into the text. `tool_choice`: "auto" (the model
+    # decides), "required" (it must call) or "none" (declared, but calls are not asked for).
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str = "auto"
+    on_tool_call: Callable[[ToolCall], None] | None = None
 
 
 @dataclass

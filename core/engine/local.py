@@ -24,6 +24,7 @@ from .. import interrupt
 from ..cpus import usable_cpus
 from ..errors import ContextOverflow, GemmapipeError, ModelError
 from ..model import AUDIO, VISION, ModelPair
+from . import gemma4
 from .base import EngineConfig, EngineInfo, EngineState, EngineStats, GenerateOptions, StateError, TokenCount
 from .native import bindings, quiet_native_logs
 from .parts import Audio, CachedMessage, Image, Message, Placeholder, Text
@@ -211,7 +212,7 @@ class LocalEngine:
         media: list[Image | Audio | Placeholder] = []
         for msg in messages:
             for part in msg.parts:
-                if isinstance(part, Text):
+                if not isinstance(part, Image | Audio | Placeholder):  # text, tool calls and results
                     continue
                 kind = part.kind if isinstance(part, Placeholder) else "image" if isinstance(part, Image) else "audio"
                 if kind == "image" and not self.supports[VISION]:
@@ -220,7 +221,8 @@ class LocalEngine:
                     raise ModelError("projector", "this model has no audio encoder", "use an audio mmproj")
                 media.append(part)
         text = render_prompt(messages, template=self.template, marker=self.marker, bos_text=self.bos_text,
-                             add_generation_prompt=options.add_generation_prompt, enable_thinking=options.think)
+                             add_generation_prompt=options.add_generation_prompt, enable_thinking=options.think,
+                             tools=options.tools)
         return text, media
 
     def _bitmap(self, part: Image | Audio) -> Any:
@@ -494,6 +496,17 @@ class LocalEngine:
                 L.llama_sampler_free(chain)
                 raise GemmapipeError("schema", "llama.cpp rejected the grammar built from it")
             L.llama_sampler_chain_add(chain, g)
+        elif options.tools and options.tool_choice != "none":
+            # Free text until the model starts a call, the calls' syntax from there on; a required
+            # call is forced from the first token (one call, then the end of the answer).
+            forced = options.tool_choice == "required"
+            text = gemma4.grammar(options.tools, thought=options.think and forced, parallel=not forced)
+            g = (L.llama_sampler_init_grammar(self._vocab, text.encode(), b"root") if forced
+                 else gemma4.lazy_grammar_sampler(L, self._vocab, text, self._single_token(gemma4.CALL_OPEN)))
+            if not g:
+                L.llama_sampler_free(chain)
+                raise GemmapipeError("tools", "llama.cpp rejected the grammar of the tool calls")
+            L.llama_sampler_chain_add(chain, g)
         if self._suppress:
             biases = (L.llama_logit_bias * len(self._suppress))()
             for i, tok in enumerate(self._suppress):
@@ -517,7 +530,9 @@ class LocalEngine:
         return chain
 
     def generate(self, messages: list[Message], options: GenerateOptions) -> Iterator[str]:
-        return self._generate_prepared(self._prepare(messages, options), options)
+        stream = self._generate_prepared(self._prepare(messages, options), options)
+        # Gemma 4's calls come as text (<|tool_call>...<tool_call|>): parsed out, never shown.
+        return gemma4.split_calls(stream, options.on_tool_call) if options.tools else stream
 
     def prefill(self, messages: list[Message], options: GenerateOptions) -> int | None:
         """Evaluate the part of this prompt that any other question about the same media shares:

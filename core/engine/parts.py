@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import numpy as np
@@ -28,8 +28,33 @@ class Audio:
     samples: np.ndarray
 
 
-Part = Text | Image | Audio
-Role = Literal["system", "user", "assistant"]
+@dataclass(frozen=True)
+class ToolCall:
+    """A call the model asked for, in an assistant message: the tool's name and its arguments.
+
+    `error` is set, and `arguments` may be partial, when what the model wrote could not be read
+    (malformed syntax, arguments that are not an object): the call is reported back to the model,
+    never run. `raw` is what the model wrote, when the engine saw the text (the local engine)."""
+
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    id: str = ""
+    error: str | None = None
+    raw: str = ""
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """What a tool answered, in a message of role "tool": text (a str) or a JSON value (dict, list,
+    number, bool or None). `call_id` ties it to its ToolCall (servers need it)."""
+
+    name: str
+    content: Any
+    call_id: str = ""
+
+
+Part = Text | Image | Audio | ToolCall | ToolResult
+Role = Literal["system", "user", "assistant", "tool"]
 
 
 @dataclass(frozen=True)
@@ -56,3 +81,15 @@ class Message:
     @classmethod
     def user(cls, *parts: Part | str) -> Message:
         return cls("user", [Text(p) if isinstance(p, str) else p for p in parts])
+
+    @classmethod
+    def tool(cls, result: ToolResult) -> Message:
+        return cls("tool", [result])
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        return [p for p in self.parts if isinstance(p, ToolCall)]
+
+    @property
+    def text(self) -> str:
+        return "".join(p.text for p in self.parts if isinstance(p, Text))

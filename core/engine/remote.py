@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 from ..audio_format import SAMPLE_RATE
 from ..errors import GemmapipeError, UsageError
 from .base import EngineInfo, EngineStats, GenerateOptions, TokenCount
-from .parts import Audio, Image, Message, Text
+from .parts import Audio, Image, Message, Text, ToolCall, ToolResult
 
 if TYPE_CHECKING:
     import numpy as np
@@ -152,10 +152,26 @@ def content_part(part: Text | Image | Audio) -> dict[str, Any]:
 def openai_messages(messages: list[Message]) -> list[dict[str, Any]]:
     """Messages in the Chat Completions format: plain strings where there is only text (every
     server takes those), typed content arrays, media in place, where there is more."""
-    out = []
+    out: list[dict[str, Any]] = []
     for msg in messages:
+        if msg.role == "tool":
+            for r in msg.parts:
+                if isinstance(r, ToolResult):
+                    body = r.content if isinstance(r.content, str) else json.dumps(r.content, ensure_ascii=False)
+                    out.append({"role": "tool", "tool_call_id": r.call_id, "name": r.name, "content": body})
+            continue
+        calls = [p for p in msg.parts if isinstance(p, ToolCall)]
+        if calls:
+            out.append({"role": "assistant", "content": msg.text or None,
+                        "tool_calls": [{"id": c.id, "type": "function",
+                                        "function": {"name": c.name,
+                                                     "arguments": json.dumps(c.arguments, ensure_ascii=False)}}
+                                       for c in calls]})
+            continue
         parts: list[Text | Image | Audio] = []
         for p in msg.parts:  # adjacent text runs become one text part
+            if isinstance(p, ToolCall | ToolResult):
+                continue
             if isinstance(p, Text) and parts and isinstance(parts[-1], Text):
                 parts[-1] = Text(parts[-1].text + p.text)
             else:
@@ -214,6 +230,9 @@ def request_body(messages: list[Message], options: GenerateOptions, *, model: st
             body["response_format"] = {"type": "json_object", "schema": options.json_schema}
     elif options.grammar:
         body["grammar"] = options.grammar  # llama.cpp's extension; other servers ignore it
+    if options.tools:
+        body["tools"] = options.tools
+        body["tool_choice"] = options.tool_choice
     return body
 
 
@@ -328,10 +347,21 @@ def _number(obj: Any, key: str) -> float | None:
 
 
 @dataclass
+class _ToolDelta:
+    """One streamed piece of a tool call (OpenAI `tool_calls[]`): pieces with the same index add up."""
+
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+@dataclass
 class _Choice:
     text: str = ""
     reasoning: str = ""
     finish: str = ""
+    tool_calls: list[_ToolDelta] = field(default_factory=list)
 
 
 @dataclass
@@ -353,7 +383,7 @@ class _Chunk:
     @property
     def progress(self) -> bool:
         """Does this event move the answer on (text, thoughts or its end), unlike a role-only delta?"""
-        return any(c.text or c.reasoning or c.finish for c in self.choices)
+        return any(c.text or c.reasoning or c.finish or c.tool_calls for c in self.choices)
 
 
 def _count(obj: dict[str, Any], key: str, where: str) -> int | None:
@@ -401,8 +431,59 @@ def parse_chunk(obj: Any) -> _Chunk:
         if finish is not None:
             _want(finish, str, f"choices[{i}].finish_reason", "a string")
         chunk.choices.append(_Choice(text=_opt_str(delta, "content", where), reasoning=reasoning,
-                                     finish=finish or ""))
+                                     finish=finish or "", tool_calls=_parse_tool_calls(delta, where)))
     return chunk
+
+
+def _parse_tool_calls(delta: dict[str, Any], where: str) -> list[_ToolDelta]:
+    """`tool_calls` of a delta (pieces, `index` required) or of a whole message (`index` optional)."""
+    calls = delta.get("tool_calls")
+    if calls is None:
+        return []
+    out = []
+    for j, call in enumerate(_want(calls, list, f"{where}.tool_calls", "a list")):
+        at = f"{where}.tool_calls[{j}]"
+        _want(call, dict, at, "an object")
+        index = call.get("index", j)
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise _Malformed(f"{at}.index is {_kind(index)}, not a position")
+        function = call.get("function")
+        if function is None:
+            function = {}
+        _want(function, dict, f"{at}.function", "an object")
+        arguments = function.get("arguments")
+        if isinstance(arguments, dict):  # some servers send the object itself
+            arguments = json.dumps(arguments)
+        elif arguments is not None:
+            _want(arguments, str, f"{at}.function.arguments", "a string")
+        out.append(_ToolDelta(index, _opt_str(call, "id", at), _opt_str(function, "name", f"{at}.function"),
+                              arguments or ""))
+    return out
+
+
+def tool_calls_of(pieces: list[_ToolDelta]) -> list[ToolCall]:
+    """The calls that streamed pieces add up to, in index order; arguments that are not a JSON
+    object make a call with `error` set (told to the model, never run)."""
+    merged: dict[int, _ToolDelta] = {}
+    for p in pieces:
+        acc = merged.setdefault(p.index, _ToolDelta(p.index))
+        acc.id = acc.id or p.id
+        acc.name += p.name
+        acc.arguments += p.arguments
+    calls = []
+    for acc in (merged[i] for i in sorted(merged)):
+        try:
+            args = json.loads(acc.arguments) if acc.arguments.strip() else {}
+        except ValueError as exc:
+            calls.append(ToolCall(acc.name, id=acc.id, error=f"its arguments are not JSON: {exc}",
+                                  raw=acc.arguments))
+            continue
+        if not isinstance(args, dict):
+            calls.append(ToolCall(acc.name, id=acc.id, error=f"its arguments are {_kind(args)}, not an object",
+                                  raw=acc.arguments))
+            continue
+        calls.append(ToolCall(acc.name, args, id=acc.id))
+    return calls
 
 
 @dataclass
@@ -665,8 +746,11 @@ class RemoteEngine:
                 elif isinstance(p, Image):
                     h, w = p.pixels.shape[:2]
                     per.append(("image", max(1, -(-h // 48)) * max(1, -(-w // 48))))
-                else:
+                elif isinstance(p, Audio):
                     per.append(("audio", windows_for(p.samples.size)))
+                elif isinstance(p, ToolCall | ToolResult):  # what the template writes around them
+                    per.append(("text", 8 + len(json.dumps(p.arguments if isinstance(p, ToolCall) else p.content,
+                                                           default=str)) // 4))
         return TokenCount(sum(n for _, n in per) + 8 * len(messages), per)
 
     def generate(self, messages: list[Message], options: GenerateOptions) -> Iterator[str]:
@@ -779,6 +863,7 @@ class RemoteEngine:
         timings: dict[str, float] = {}
         finish = ""
         subject = f"server {self.url}"
+        tool_pieces: list[_ToolDelta] = []
         try:
             for chunk in self._events(ans, state):
                 if chunk.error is not None:
@@ -790,7 +875,8 @@ class RemoteEngine:
                 for choice in chunk.choices:
                     if choice.reasoning and options.on_thought:
                         options.on_thought(choice.reasoning)
-                    if choice.reasoning or choice.text:
+                    tool_pieces += choice.tool_calls
+                    if choice.reasoning or choice.text or choice.tool_calls:
                         chunks += 1
                         if t_first is None:
                             t_first = time.perf_counter()
@@ -808,6 +894,9 @@ class RemoteEngine:
             tail = thoughts.flush()
             if tail:
                 yield tail
+            if tool_pieces and options.on_tool_call is not None:
+                for call in tool_calls_of(tool_pieces):
+                    options.on_tool_call(call)
         except TimeoutError:
             if t_first is None:
                 raise ServerError(subject, f"no answer within {self.config.timeout:g} s",

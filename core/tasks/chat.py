@@ -7,14 +7,15 @@ import contextlib
 import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..audio_format import SAMPLE_RATE
 from ..engine.base import Engine, GenerateOptions
-from ..engine.parts import Audio, Image, Message, Part, Text
+from ..engine.parts import Audio, Image, Message, Part, Text, ToolCall
 from ..errors import BadInput, GemmapipeError, UsageError
+from ..tools import Toolbox, error_result
 
 MAX_AUDIO_S = 30
 
@@ -43,11 +44,15 @@ def attachment_parts(spec: str, *, image_tokens: int = 280, frame_tokens: int = 
         return unit_parts(build_timeline(src, VideoOptions(frame_tokens=frame_tokens)).units)
 
 
-def n_ctx_for(parts: list[Part], options: GenerateOptions) -> int:
-    """The context a chat turn asks for: its media, the answer, and room for the conversation."""
+def n_ctx_for(parts: list[Part], options: GenerateOptions, tools: Toolbox | None = None) -> int:
+    """The context a chat turn asks for: its media, the answer, and room for the conversation
+    (with tools: their declarations, and a step of calls and results for each of the chain)."""
     from ..context import context_for
 
-    return context_for(media_tokens(parts) + options.max_tokens + 1024 + 1, 4096)
+    room = 1024
+    if tools is not None and tools.tools:
+        room += len(json.dumps(tools.declarations())) // 2 + 512 * min(tools.chain_limit or 8, 8)
+    return context_for(media_tokens(parts) + options.max_tokens + room + 1, 4096)
 
 
 @dataclass
@@ -55,6 +60,8 @@ class ChatSession:
     system: str | None = None
     messages: list[Message] = field(default_factory=list)
     attachments: list[list[str]] = field(default_factory=list)  # per user turn, for saving
+    tools: Toolbox | None = None  # tools the model may call in every turn (see run_tools)
+    warn: Callable[[str], None] | None = None  # what was worth a word but did not stop a turn
 
     def conversation(self) -> list[Message]:
         head = [Message("system", [Text(self.system)])] if self.system else []
@@ -62,16 +69,22 @@ class ChatSession:
 
     def ask(self, engine: Engine, prompt: str, parts: list[Part], options: GenerateOptions,
             attachment_specs: list[str] | None = None) -> Iterator[str]:
-        """Stream the answer; the turn is recorded once the stream is exhausted."""
+        """Stream the answer; the turn is recorded once the stream is exhausted. With `tools`, the
+        model's calls are run and their results given back to it until it answers without calling
+        (see run_tools); the text of every step streams out in order."""
+        n_before = len(self.messages)
         self.messages.append(Message("user", [*parts, Text(prompt)]))
         self.attachments.append(list(attachment_specs or []))
-        pieces: list[str] = []
         try:
+            if self.tools is not None and self.tools.tools:
+                yield from run_tools(engine, self.conversation, self.messages, options, self.tools, warn=self.warn)
+                return
+            pieces: list[str] = []
             for piece in engine.generate(self.conversation(), options):
                 pieces.append(piece)
                 yield piece
         except BaseException:
-            self.messages.pop()
+            del self.messages[n_before:]
             self.attachments.pop()
             raise
         self.messages.append(Message("assistant", [Text("".join(pieces))]))
@@ -82,10 +95,17 @@ class ChatSession:
 
     # --- persistence (--continue / --session / /save) ---------------------------------------------
     def to_json(self) -> dict[str, Any]:
-        turns = []
+        """User turns and answers. The tool calls of a turn and their results are not kept: the
+        texts of its steps are one answer."""
+        turns: list[dict[str, Any]] = []
         user_i = 0
         for m in self.messages:
-            text = "".join(p.text for p in m.parts if isinstance(p, Text))
+            if m.role == "tool":
+                continue
+            text = m.text
+            if m.role == "assistant" and turns and turns[-1]["role"] == "assistant":
+                turns[-1]["text"] += text
+                continue
             turn: dict[str, Any] = {"role": m.role, "text": text}
             if m.role == "user":
                 turn["attachments"] = self.attachments[user_i] if user_i < len(self.attachments) else []
@@ -159,6 +179,56 @@ class ChatSession:
             else:
                 session.messages.append(Message("assistant", [Text(turn["text"])]))
         return session
+
+
+def run_tools(engine: Engine, conversation: Callable[[], list[Message]], messages: list[Message],
+              options: GenerateOptions, toolbox: Toolbox, *,
+              warn: Callable[[str], None] | None = None) -> Iterator[str]:
+    """The tool loop of one turn: generate; if the answer calls tools, run them (in order), append
+    the calls and their results to `messages`, and generate again, until an answer calls nothing.
+    After `toolbox.chain_limit` steps that ended in calls (0: no limit) the model's next calls are
+    not run: each is answered that the limit was reached, and the model is asked once more, with
+    calls not asked for (`tool_choice` "none"); calls it still makes are dropped, with a warning.
+    Yields the visible text of every step as it streams."""
+    limit = toolbox.chain_limit
+    steps = 0
+    n_calls = sum(len(m.tool_calls) for m in messages)
+    final = False
+    while True:
+        calls: list[ToolCall] = []
+        step = replace(options, tools=toolbox.declarations(), on_tool_call=calls.append,
+                       tool_choice="none" if final else options.tool_choice)
+        pieces: list[str] = []
+        for piece in engine.generate(conversation(), step):
+            pieces.append(piece)
+            yield piece
+        text = "".join(pieces)
+        named = []
+        for call in calls:
+            n_calls += 1
+            named.append(call if call.id else replace(call, id=f"call_{n_calls}"))
+        messages.append(Message("assistant", [Text(text), *named]))
+        if not named:
+            return
+        if final:
+            # The model would not stop calling: keep its calls out of the conversation.
+            messages[-1] = Message("assistant", [Text(text)])
+            if warn is not None:
+                warn(f"the model still asked for {len(named)} tool call(s) after {limit} steps of calls; "
+                     "they were not run (raise {chain_limit})")
+            return
+        steps += 1
+        over = limit > 0 and steps > limit
+        for call in named:
+            if over:
+                result = error_result(call, f"not run: the limit of {limit} steps of tool calls in a row was "
+                                            "reached; answer now with what you have, without calling tools")
+                if toolbox.on_call is not None:
+                    toolbox.on_call(call, result)
+            else:
+                result = toolbox.run(call)
+            messages.append(Message.tool(result))
+        final = over
 
 
 def _session_turns(data: Any) -> list[dict[str, Any]] | None:

@@ -186,8 +186,9 @@ def _rope_freqs() -> np.ndarray:
     return np.array([1.0] * n_rot + [1e30] * n_unrot, dtype=np.float32)
 
 
-def write_tiny_gemma4_text(path: Path, *, seed: int = 0) -> Path:
-    """Write the random-weight ``gemma4`` text GGUF to ``path`` (F32 tensors, ~1 MB)."""
+def write_tiny_gemma4_text(path: Path, *, seed: int = 0, chat_template: str = CHAT_TEMPLATE) -> Path:
+    """Write the random-weight ``gemma4`` text GGUF to ``path`` (F32 tensors, ~1 MB); another
+    ``chat_template`` (one that declares tools, say) gives the same weights another template."""
     import gguf
 
     rng = np.random.default_rng(seed)
@@ -236,7 +237,7 @@ def write_tiny_gemma4_text(path: Path, *, seed: int = 0) -> Path:
     w.add_bool("tokenizer.ggml.add_eos_token", False)
     w.add_bool("tokenizer.ggml.add_space_prefix", False)
     w.add_array("tokenizer.ggml.suppress_tokens", [tokens.index(t) for t in SUPPRESSED_TOKENS])
-    w.add_string("tokenizer.chat_template", CHAT_TEMPLATE)
+    w.add_string("tokenizer.chat_template", chat_template)
 
     # tensors (numpy shapes are ggml ne reversed)
     ones = lambda n: np.ones(n, dtype=np.float32)  # noqa: E731
