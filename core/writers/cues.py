@@ -244,8 +244,8 @@ def split_cues(tokens: list[_Token], duration_ms: int, rules: CueRules, layout: 
             if j < n:
                 cost += _break_penalty(t.text)
             over = est / rules.max_duration_ms - 1
-            if over > 0:
-                cost += 3 * over + 20 * over * over
+            if over > 0:  # a step: longer than the rule only when the words cannot be split
+                cost += 3 + 10 * over
             if n > 1 and est < rules.min_duration_ms:
                 cost += 3 * (1 - est / rules.min_duration_ms)
             if best[i] + cost < best[j]:
