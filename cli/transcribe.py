@@ -110,7 +110,8 @@ def cue_rules(runner: Runner, fmts: list[str], max_line_width: int | None, max_l
              if v is not None}
     if given and not SUBTITLE_FORMATS.intersection(fmts):
         names = " and ".join("{" + k + "}" for k in given)
-        runner.warn(f"{names} shape srt and vtt cues; ignored for {', '.join(fmts)}")
+        runner.warn(f"{names} {'shape' if len(given) > 1 else 'shapes'} srt and vtt cues; "
+                    f"ignored for {', '.join(fmts)}")
     return CueRules(**given)
 
 

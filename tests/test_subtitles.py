@@ -215,7 +215,10 @@ def test_line_options_are_checked_and_ignored_without_cues(tmp_path: Path, capsy
     assert run(["transcribe", "--max-line-width", "30", "-f", "txt", str(wav)]) == 0
     out = capsys.readouterr()
     assert out.out == "canned reply\n"
-    assert "gemmapipe: warning: --max-line-width shape srt and vtt cues; ignored for txt" in out.err
+    assert "gemmapipe: warning: --max-line-width shapes srt and vtt cues; ignored for txt" in out.err
+    assert run(["transcribe", "--max-line-width", "30", "--max-line-count", "1", "-f", "json", str(wav)]) == 0
+    warning = "--max-line-width and --max-line-count shape srt and vtt cues; ignored for json"
+    assert warning in capsys.readouterr().err
 
 
 def test_line_options_from_the_config_file(tmp_path: Path, cli_env: Path, speaking: list[SpeakingEngine]) -> None:
