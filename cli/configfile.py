@@ -6,6 +6,7 @@ from typing import Any
 from gemmapipe.core.errors import GemmapipeError
 
 COMMANDS = ["transcribe", "diarize", "describe", "video", "chat"]
+SEVERAL_FORMATS = {"transcribe", "diarize"}  # their -f takes a comma-separated list, or all
 
 
 class _ConfigDefaults(dict[str, Any]):
@@ -53,10 +54,14 @@ def config_keys(command: Any, formats: dict[str, list[str]]) -> dict[str, dict[s
 
     from gemmapipe.core.config import Key
 
-    def checker(param: Any, choices: list[str] | None) -> Any:
+    def checker(param: Any, choices: list[str] | None, several: bool = False) -> Any:
         def check(value: Any) -> Any:
-            if choices is not None and value not in choices:
-                raise ValueError(f"unknown format {value!r} (choose one of {', '.join(choices)})")
+            if choices is not None and isinstance(value, str):
+                # transcribe and diarize take several formats at once: "srt,vtt,json" or "all"
+                parts = [p.strip() for p in value.split(",")] if several else [value]
+                for part in parts:
+                    if part not in choices and not (several and part == "all"):
+                        raise ValueError(f"unknown format {part!r} (choose one of {', '.join(choices)})")
             try:
                 if param.multiple:
                     return [param.type.convert(v, param, None) for v in value]
@@ -86,7 +91,8 @@ def config_keys(command: Any, formats: dict[str, list[str]]) -> dict[str, dict[s
             else:
                 kind = "str"
             choices = formats.get(name) if param.name == "fmt" else None
-            key = Key(param.name, kind, None if kind == "bool" else checker(param, choices))
+            several = name in SEVERAL_FORMATS and choices is not None
+            key = Key(param.name, kind, None if kind == "bool" else checker(param, choices, several))
             names = [o.lstrip("-") for o in param.opts if o.startswith("--")] + [param.name]
             for n in names:
                 table[n.replace("-", "_")] = key

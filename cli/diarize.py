@@ -20,7 +20,20 @@ from .options import (
     with_common,
 )
 from .runner import Runner, read_files_from
-from .transcribe import LANGUAGE_OPTION, VAD, VADS, check_vad, run_segments
+from .transcribe import (
+    FORMAT_SEVERAL,
+    LANGUAGE_OPTION,
+    MAX_LINE_COUNT,
+    MAX_LINE_WIDTH,
+    VAD,
+    VADS,
+    check_vad,
+    cue_rules,
+    parse_formats,
+    plan_formats,
+    run_segments,
+    wants_cues,
+)
 
 FORMATS = ["txt", "rttm", "srt", "vtt", "json", "jsonl"]
 
@@ -29,8 +42,9 @@ FORMATS = ["txt", "rttm", "srt", "vtt", "json", "jsonl"]
 def command(
     inputs: Annotated[list[str] | None, input_args("Audio or video files, or - for stdin.")] = None,
     fmt: Annotated[str | None, typer.Option("-f", "--format", rich_help_panel=OUTPUT_PANEL, show_default=False,
-                                            metavar="FORMAT", autocompletion=choices(FORMATS),
-                                            help=f"Output format: {', '.join(FORMATS)} (default: txt).")] = None,
+                                            metavar="FORMAT", autocompletion=choices([*FORMATS, "all"]),
+                                            help=f"Output format: {', '.join(FORMATS)} (default: txt); "
+                                                 f"{FORMAT_SEVERAL}.")] = None,
     speakers: Annotated[int | None, typer.Option("--speakers", min=1, show_default=False,
                                                  help="Exact number of speakers, if known.")] = None,
     min_speakers: Annotated[int, typer.Option("--min-speakers", min=1, help="At least this many speakers.")] = 1,
@@ -54,15 +68,15 @@ def command(
     skip_existing: Annotated[bool, SKIP_EXISTING] = False,
     errors_as_records: Annotated[bool, ERRORS_AS_RECORDS] = False,
     vad: Annotated[str, VAD] = VADS[0],
+    max_line_width: Annotated[int | None, MAX_LINE_WIDTH] = None,
+    max_line_count: Annotated[int | None, MAX_LINE_COUNT] = None,
     *,
     common: Common,
 ) -> int:
-    from gemmapipe.core.errors import UsageError
     from gemmapipe.core.timefmt import parse_time_ms
 
     inputs = [*(inputs or []), *read_files_from(files_from)]
-    if fmt is not None and fmt not in FORMATS:
-        raise UsageError("--format", f"unknown format {fmt!r}", f"choose one of {', '.join(FORMATS)}")
+    parse_formats(fmt, FORMATS)
     check_vad(vad)
     start_ms, end_ms = parse_time_ms(start, what="--start"), parse_time_ms(end, what="--end")
     runner = Runner(common, needs={"audio"}, command="diarize")
@@ -81,9 +95,16 @@ def command(
                              names=[n.strip() for n in names.split(",") if n.strip()] if names else [],
                              generate=runner.generate_options(320))
     options.validate()
+    fmts = plan_formats(runner, fmt, FORMATS, inputs, output_dir=output_dir, dry_run=dry_run)
+    if wants_cues(fmts):  # clips cut at shorter pauses: each a natural cue or two, times from the audio
+        from gemmapipe.core.tasks.segment import CUE_MAX_CLIP_S, CUE_MIN_SILENCE_MS
+
+        options.max_clip_s, options.min_silence_ms = CUE_MAX_CLIP_S, CUE_MIN_SILENCE_MS
     if dry_run:  # diarize's clips are shorter (DiarizeOptions.max_clip_s): room for the exemplars
         return runner.dry_run(inputs, n_ctx=n_ctx_for(options), want_audio=True, want_frames=False,
-                              start_ms=start_ms, end_ms=end_ms, vad=vad, max_clip_s=options.max_clip_s)
+                              start_ms=start_ms, end_ms=end_ms, vad=vad, max_clip_s=options.max_clip_s,
+                              min_silence_ms=options.min_silence_ms)
+    rules = cue_rules(runner, fmts, max_line_width, max_line_count)
     reference = None
     if score is not None:  # before any work (the model included): exit 2 naming the extra or the file
         require_scoring()
@@ -100,6 +121,6 @@ def command(
                 der.get("false alarm", 0.0), der.get("confusion", 0.0)))
         return result
 
-    return run_segments(inputs, runner=runner, fmt=fmt, formats=FORMATS, output_dir=output_dir, fail_fast=fail_fast,
+    return run_segments(inputs, runner=runner, fmts=fmts, rules=rules, output_dir=output_dir, fail_fast=fail_fast,
                         task=task, meta={"task": "diarize"}, skip_existing=skip_existing,
                         errors_as_records=errors_as_records)

@@ -60,6 +60,20 @@ FILES = [
                                    "checksums (sha256.json)."),
 ]
 
+SUBTITLES = [
+    "srt and vtt (transcribe, diarize) follow the common subtitle guidelines: at most 42 characters a line "
+    "(--max-line-width; East Asian wide characters count two) and 2 lines a cue (--max-line-count), lines "
+    "balanced and broken after a sentence or clause where they can; at most 7 s a cue; a cue shorter than its "
+    "reading time at 20 characters a second, or than 1 s, stays on screen into the pause after it, never past "
+    "the next cue; no cue of zero length, no overlap.",
+    "Cue times come from the audio: for these formats clips are cut at pauses of 300 ms or more and at most 8 s, "
+    "so each clip is a cue or two; only a clip whose text needs several cues is split inside, in proportion to "
+    "characters at word boundaries. A diarized cue starts with [S1] in SRT and is a voice span, <v S1>text, "
+    "in WebVTT.",
+    "Several formats come from one model pass: -f srt,vtt,json (or -f all) with --output-dir DIR writes "
+    "<stem>.<ext> for each; stdout and -o FILE hold one format.",
+]
+
 SESSIONS = [
     "Every one-shot chat is saved as the conversation named last; `gemmapipe chat --continue PROMPT` goes on "
     "from it. `--session NAME` keeps a conversation under NAME between runs (created on first use, continued "
@@ -68,7 +82,9 @@ SESSIONS = [
 ]
 
 EXAMPLES = [
-    ("Transcribe a talk to subtitles:", "gemmapipe transcribe -f srt -o talk.srt talk.mp3"),
+    ("Transcribe a talk to subtitles:", "gemmapipe transcribe -o talk.srt talk.mp3"),
+    ("Subtitles in two formats and the whole transcript, from one pass:",
+     "gemmapipe transcribe -f srt,vtt,json --output-dir subs/ talk.mp3"),
     ("German speech, a folder of files, one transcript per input:",
      "gemmapipe transcribe -l de --output-dir out/ *.wav"),
     ("Who spoke when, with known names:", "gemmapipe diarize --names Alice,Bob -f rttm meeting.wav"),
@@ -151,6 +167,7 @@ def man_page() -> str:
     for name, (cmd, ctx) in contexts.items():
         lines += _command_section(f"gemmapipe {name}", cmd, ctx)
 
+    lines += [".SH SUBTITLES", *(line for p in SUBTITLES for line in (_esc(p), ".PP"))][:-1]
     lines += [".SH INTERACTIVE CHAT",
               _esc("gemmapipe chat with no prompt, stdin and stdout on a terminal, starts a conversation: "
                    "each line is a message, answers stream as Markdown. Lines starting with / are commands:")]

@@ -20,6 +20,7 @@ FLAGS: dict[str, str] = {
     "fail_fast": "--fail-fast", "files_from": "--files-from", "skip_existing": "--skip-existing",
     "errors_as_records": "--errors-as-records", "attach": "--attach", "session": "--session",
     "prompt": "--prompt", "no_cache": "--no-cache", "no_audio": "--no-audio", "vad": "--vad",
+    "max_line_width": "--max-line-width", "max_line_count": "--max-line-count",
     "functions": "--functions", "chain_limit": "--chain-limit", "tools_debug": "--tools-debug",
     "tools_approve": "--tools-approve", "draft": "--draft", "lora": "--lora", "translate": "--translate",
     "model_env": "GEMMAPIPE_MODEL", "server_env": "GEMMAPIPE_SERVER", "api_key_env": "GEMMAPIPE_API_KEY",

@@ -62,18 +62,76 @@ def complete_language(incomplete: str) -> list[tuple[str, str]]:
 LANGUAGE_OPTION = {"metavar": "LANG", "callback": parse_language, "autocompletion": complete_language,
                    "show_default": False}
 
+FORMAT_SEVERAL = "several from one pass: srt,vtt,json or all, with --output-dir"
+MAX_LINE_WIDTH = typer.Option("--max-line-width", min=1, max=1000, metavar="N", rich_help_panel=OUTPUT_PANEL,
+                              show_default=False, help="srt, vtt: at most N characters a line (default: 42).")
+MAX_LINE_COUNT = typer.Option("--max-line-count", min=1, max=100, metavar="N", rich_help_panel=OUTPUT_PANEL,
+                              show_default=False, help="srt, vtt: at most N lines a cue (default: 2).")
 
-def run_segments(inputs: list[str], *, runner: Runner, fmt: str | None, formats: list[str], output_dir: Path | None,
+
+def parse_formats(value: str | None, formats: list[str]) -> list[str] | None:
+    """-f/--format: one format, several separated by commas (`srt,vtt,json`: one pass writes them
+    all), or `all`; None when not given. An unknown one is a usage error naming it."""
+    from gemmapipe.core.errors import UsageError
+
+    if value is None:
+        return None
+    wanted: list[str] = []
+    for part in value.split(","):
+        name = part.strip()
+        if name == "all":
+            wanted += formats
+        elif name in formats:
+            wanted.append(name)
+        else:
+            raise UsageError("--format", f"unknown format {name!r}",
+                             f"choose one of {', '.join(formats)}; several separated by commas, or all")
+    return list(dict.fromkeys(wanted))
+
+
+def plan_formats(runner: Runner, fmt: str | None, formats: list[str], inputs: list[str], *,
+                 output_dir: Path | None, dry_run: bool) -> list[str]:
+    """The formats this run writes (one pass for all), checked against where they go; before the
+    model. A sole missing input is reported first (exit 3), as the run would."""
+    requested = parse_formats(fmt, formats)
+    if dry_run:  # the plan is written instead; the formats only shape the clips it plans
+        return runner.choose_formats(requested, formats, several=len(inputs) > 1, output_dir=output_dir,
+                                     check=False)
+    runner.check_inputs(inputs)
+    return runner.choose_formats(requested, formats, several=len(inputs) > 1, output_dir=output_dir)
+
+
+def cue_rules(runner: Runner, fmts: list[str], max_line_width: int | None, max_line_count: int | None) -> Any:
+    """CueRules for srt and vtt (their defaults, or the line options); a warning when the options
+    were given for formats that have no cues."""
+    from gemmapipe.core.writers import SUBTITLE_FORMATS, CueRules
+
+    given = {k: v for k, v in (("max_line_width", max_line_width), ("max_line_count", max_line_count))
+             if v is not None}
+    if given and not SUBTITLE_FORMATS.intersection(fmts):
+        names = " and ".join("{" + k + "}" for k in given)
+        runner.warn(f"{names} {'shape' if len(given) > 1 else 'shapes'} srt and vtt cues; "
+                    f"ignored for {', '.join(fmts)}")
+    return CueRules(**given)
+
+
+def wants_cues(fmts: list[str]) -> bool:
+    from gemmapipe.core.writers import SUBTITLE_FORMATS
+
+    return bool(SUBTITLE_FORMATS.intersection(fmts))
+
+
+def run_segments(inputs: list[str], *, runner: Runner, fmts: list[str], rules: Any, output_dir: Path | None,
                  fail_fast: bool, task: Callable[..., Any], meta: dict[str, Any], skip_existing: bool = False,
                  errors_as_records: bool = False) -> int:
-    """Shared by transcribe and diarize: one writer per stream (or per file with --output-dir)."""
+    """Shared by transcribe and diarize: one writer per stream (or per file with --output-dir); with
+    several formats one file per input and format, all written from the same segments."""
     from gemmapipe.core.audio_format import SAMPLE_RATE
     from gemmapipe.core.media.source import open_input
     from gemmapipe.core.writers import get_writer
 
-    runner.check_inputs(inputs)  # a sole missing input is exit 3 before any model check
-    fmt = runner.choose_format(fmt, formats, several=len(inputs) > 1, output_dir=output_dir)
-    runner.plan_outputs(inputs, output_dir=output_dir, ext=fmt)  # before the model: nothing runs onto an input
+    ext: str | list[str] = fmts if len(fmts) > 1 else fmts[0]
+    runner.plan_outputs(inputs, output_dir=output_dir, ext=ext)  # before the model: nothing runs onto an input
     runner.model_pair()  # a missing or wrong model fails before any decoding (exit 4)
 
     def process(spec: str, writer: Any) -> None:
@@ -88,9 +146,12 @@ def run_segments(inputs: list[str], *, runner: Runner, fmt: str | None, formats:
             info.update(runner_meta(runner))
             out.end(src.name, info)
 
+    def make_writer(out: Any, *, fmt: str = fmts[0], **kw: Any) -> Any:
+        return get_writer(fmt, out, rules=rules, **kw)
+
     try:
-        return runner.write_batch(inputs, process, make_writer=lambda out, **kw: get_writer(fmt, out, **kw), ext=fmt,
-                                  output_dir=output_dir, fail_fast=fail_fast, skip_existing=skip_existing,
+        return runner.write_batch(inputs, process, make_writer=make_writer, ext=ext, output_dir=output_dir,
+                                  fail_fast=fail_fast, skip_existing=skip_existing,
                                   errors_as_records=errors_as_records)
     finally:
         runner.close()
@@ -105,9 +166,10 @@ def runner_meta(runner: Runner) -> dict[str, Any]:
 def command(
     inputs: Annotated[list[str] | None, input_args("Audio or video files, or - for stdin.")] = None,
     fmt: Annotated[str | None, typer.Option("-f", "--format", rich_help_panel=OUTPUT_PANEL,
-                                            metavar="FORMAT", autocompletion=choices(FORMATS),
+                                            metavar="FORMAT", autocompletion=choices([*FORMATS, "all"]),
                                             help=f"Output format: {', '.join(FORMATS)} (default: txt; jsonl for "
-                                                 "several inputs to one stream).", show_default=False)] = None,
+                                                 f"several inputs to one stream); {FORMAT_SEVERAL}.",
+                                            show_default=False)] = None,
     language: Annotated[str | None, typer.Option("-l", "--language", **LANGUAGE_OPTION,
                                                  help="Spoken language: an ISO 639-1 code or a name, e.g. de or "
                                                       "German (default: detect).")] = None,
@@ -125,29 +187,35 @@ def command(
     skip_existing: Annotated[bool, SKIP_EXISTING] = False,
     errors_as_records: Annotated[bool, ERRORS_AS_RECORDS] = False,
     vad: Annotated[str, VAD] = VADS[0],
+    max_line_width: Annotated[int | None, MAX_LINE_WIDTH] = None,
+    max_line_count: Annotated[int | None, MAX_LINE_COUNT] = None,
     *,
     common: Common,
 ) -> int:
-    from gemmapipe.core.errors import UsageError
     from gemmapipe.core.timefmt import parse_time_ms
 
     inputs = [*(inputs or []), *read_files_from(files_from)]
-    if fmt is not None and fmt not in FORMATS:
-        raise UsageError("--format", f"unknown format {fmt!r}", f"choose one of {', '.join(FORMATS)}")
+    parse_formats(fmt, FORMATS)
     check_vad(vad)
     start_ms, end_ms = parse_time_ms(start, what="--start"), parse_time_ms(end, what="--end")
     runner = Runner(common, needs={"audio"}, command="transcribe")
+    from gemmapipe.core.tasks.segment import CUE_MAX_CLIP_S, CUE_MIN_SILENCE_MS
     from gemmapipe.core.tasks.transcribe import TranscribeOptions, n_ctx_for, transcribe
 
+    fmts = plan_formats(runner, fmt, FORMATS, inputs, output_dir=output_dir, dry_run=dry_run)
     options = TranscribeOptions(language=language, prompt=prompt, start_ms=start_ms, end_ms=end_ms, vad=vad,
                                 generate=runner.generate_options(320), jobs=runner.jobs)
+    if wants_cues(fmts):  # clips cut at shorter pauses: each a natural cue or two, times from the audio
+        options.max_clip_s, options.min_silence_ms = CUE_MAX_CLIP_S, CUE_MIN_SILENCE_MS
     if dry_run:
         return runner.dry_run(inputs, n_ctx=n_ctx_for(options), want_audio=True, want_frames=False,
-                              start_ms=start_ms, end_ms=end_ms, vad=vad, max_clip_s=options.max_clip_s)
+                              start_ms=start_ms, end_ms=end_ms, vad=vad, max_clip_s=options.max_clip_s,
+                              min_silence_ms=options.min_silence_ms)
+    rules = cue_rules(runner, fmts, max_line_width, max_line_count)
     engine_for = lambda: runner.engine(n_ctx=n_ctx_for(options))  # noqa: E731
     def task(src: Any, **kw: Any) -> Any:
         return transcribe(src, engine_for, options, **kw)
 
     meta = {"task": "transcribe", "language": language}
-    return run_segments(inputs, runner=runner, fmt=fmt, formats=FORMATS, output_dir=output_dir, fail_fast=fail_fast,
+    return run_segments(inputs, runner=runner, fmts=fmts, rules=rules, output_dir=output_dir, fail_fast=fail_fast,
                         task=task, meta=meta, skip_existing=skip_existing, errors_as_records=errors_as_records)

@@ -42,6 +42,7 @@ def plan_input(
     image_min_tokens: int = MTMD_MIN_TOKENS,
     vad: str | None = None,
     max_clip_s: float = 30.0,
+    min_silence_ms: float = 500.0,
 ) -> dict[str, Any]:
     """A JSON-serializable plan for one input.
 
@@ -122,7 +123,8 @@ def plan_input(
             plan.update(audio_samples=samples, audio_windows=windows)
             tokens["audio"] = windows
         if vad is not None:
-            speech = speech_plan(source, vad=vad, start_ms=start_ms, end_ms=end_ms, max_clip_s=max_clip_s)
+            speech = speech_plan(source, vad=vad, start_ms=start_ms, end_ms=end_ms, max_clip_s=max_clip_s,
+                                 min_silence_ms=min_silence_ms)
             seen = speech.pop("samples")
             if plan["audio_samples"] is None:  # duration unknown (a pipe): now it is known
                 plan.update(audio_samples=seen, audio_windows=windows_for(seen))
@@ -140,7 +142,8 @@ def plan_input(
 
 
 def speech_plan(
-    source: Source, *, vad: str, start_ms: int | None = None, end_ms: int | None = None, max_clip_s: float = 30.0
+    source: Source, *, vad: str, start_ms: int | None = None, end_ms: int | None = None, max_clip_s: float = 30.0,
+    min_silence_ms: float = 500.0,
 ) -> dict[str, Any]:
     """Decode the audio (streamed) and run the detector as transcribe and diarize do: the clips they
     will feed (after the quiet-edge trim) and their tokens. Keys: vad, clips, speech_ms, vad_s,
@@ -170,7 +173,7 @@ def speech_plan(
     clips: list[list[int]] = []
     fed = 0
     t0 = time.perf_counter()
-    for raw in segment_speech(counted(), vad=vad, max_clip_s=max_clip_s):
+    for raw in segment_speech(counted(), vad=vad, max_clip_s=max_clip_s, min_silence_ms=min_silence_ms):
         clip = trim_quiet_edges(raw)
         clips.append([clip.start * 1000 // SAMPLE_RATE, clip.end * 1000 // SAMPLE_RATE])
         fed += windows_for(clip.end - clip.start)

@@ -305,6 +305,34 @@ class Session:
     def choose_format(self, fmt: str | None, formats: list[str], *, several: bool, output_dir: Path | None) -> str:
         """`fmt`, else the extension of the output when it names a format (as ffmpeg and whisper do),
         else txt (jsonl for several inputs to one stream)."""
+        fmt = self._resolve_format(fmt, formats, several=several, output_dir=output_dir)
+        self._check_stream_format(fmt, several=several, output_dir=output_dir)
+        return fmt
+
+    def choose_formats(self, requested: list[str] | None, formats: list[str], *, several: bool,
+                       output_dir: Path | None, check: bool = True) -> list[str]:
+        """The formats of a transcript run, written from one pass: `requested` (in order, without
+        repeats), else what `choose_format` picks. Several formats need `output_dir` (one file per
+        input and format); a stream or one output file holds one. `check=False` (a dry run, which
+        writes its plan instead) only resolves them."""
+        wanted = list(dict.fromkeys(requested or []))
+        if len(wanted) <= 1:
+            fmt = self._resolve_format(wanted[0] if wanted else None, formats, several=several, output_dir=output_dir)
+            if check:
+                self._check_stream_format(fmt, several=several, output_dir=output_dir)
+            return [fmt]
+        if check and output_dir is None:
+            from .sink import is_stdout
+
+            names = ", ".join(wanted)
+            if is_stdout(self.config.output):
+                raise UsageError(None, f"{len(wanted)} formats ({names}) cannot share one stream",
+                                 "write one <stem>.<ext> file per format with {output_dir} DIR", parameter="format")
+            raise UsageError(None, f"writes one file, and {len(wanted)} formats were asked for ({names})",
+                             "write one <stem>.<ext> file per format with {output_dir} DIR", parameter="output")
+        return wanted
+
+    def _resolve_format(self, fmt: str | None, formats: list[str], *, several: bool, output_dir: Path | None) -> str:
         from .sink import is_stdout
 
         output = self.config.output
@@ -313,22 +341,27 @@ class Session:
             fmt = ext if ext in formats else None
         if fmt is None:
             return "jsonl" if several and output_dir is None else "txt"
+        return fmt
+
+    def _check_stream_format(self, fmt: str, *, several: bool, output_dir: Path | None) -> None:
         if several and output_dir is None and fmt in ONE_DOCUMENT_FORMATS:
             raise UsageError(None, f"a {fmt} document holds one input, and several would go to one stream",
                              "write one file per input with {output_dir} DIR, or use {format} jsonl",
                              parameter="format")
-        return fmt
 
-    def plan_outputs(self, inputs: list[str], *, output_dir: Path | None = None, ext: str | None = None) -> None:
+    def plan_outputs(self, inputs: list[str], *, output_dir: Path | None = None,
+                     ext: str | list[str] | None = None) -> None:
         """Before anything runs: refuse an output that is one of the inputs, or two inputs that would
-        write one file (exit 2, naming them)."""
+        write one file (exit 2, naming them). `ext`: the extension of each input's file in
+        `output_dir`, or several (one file per input and format)."""
         from .sink import check_outputs, is_stdout
 
         if output_dir is not None:
             if not is_stdout(self.config.output):
                 raise UsageError(None, "cannot be used with {output_dir}",
                                  "{output_dir} writes one file per input; give one of the two", parameter="output")
-            targets = [(output_path_for(output_dir, spec, ext or "txt"), spec) for spec in inputs]
+            exts = [ext or "txt"] if not isinstance(ext, list) else ext
+            targets = [(output_path_for(output_dir, spec, e), spec) for spec in inputs for e in exts]
             check_outputs(targets, inputs, parameter="output_dir")
         else:
             check_outputs([(self.config.output, "")], inputs, parameter="output")
@@ -439,18 +472,28 @@ class Session:
         return self._batch_status(len(inputs), fail_fast)
 
     def write_batch(self, inputs: list[str], work: Callable[[str, Any], None], *, make_writer: Callable[..., Any],
-                    ext: str, output_dir: Path | None, fail_fast: bool = False, skip_existing: bool = False,
-                    errors_as_records: bool = False) -> int:
+                    ext: str | list[str], output_dir: Path | None, fail_fast: bool = False,
+                    skip_existing: bool = False, errors_as_records: bool = False) -> int:
         """Route each input's result: one stream (stdout or the output file) through one writer, or
         with `output_dir` one atomically written <stem>.<ext> file per input. `work(spec, writer)`.
-        A stream keeps the good results of a batch where some inputs fail (exit 5), as stdout would."""
+        A stream keeps the good results of a batch where some inputs fail (exit 5), as stdout would.
+
+        `ext` a list (several formats from one pass; `output_dir` only): each input writes one file
+        per format, `make_writer(out, fmt=ext)` for each, all fed by one FanoutWriter; the files of
+        an input are renamed into place together once it has finished, and none is left if it fails.
+        `skip_existing` then skips an input whose files all exist."""
         from .sink import open_sink
 
         self.plan_outputs(inputs, output_dir=output_dir, ext=ext)
         if output_dir is not None:
             ensure_output_dir(output_dir)
+            exts = ext if isinstance(ext, list) else None
 
             def to_file(spec: str) -> None:
+                if exts is not None:
+                    to_files(spec, exts)
+                    return
+                assert isinstance(ext, str)
                 target = output_path_for(output_dir, spec, ext)
                 if skip_existing and target.exists():
                     self.info(f"{target} exists: skipped")
@@ -460,7 +503,23 @@ class Session:
                     work(spec, writer)
                     writer.close()
 
+            def to_files(spec: str, exts: list[str]) -> None:
+                from .writers.base import FanoutWriter
+
+                targets = [output_path_for(output_dir, spec, e) for e in exts]
+                if skip_existing and all(t.exists() for t in targets):
+                    self.info(f"{', '.join(map(str, targets))} exist: skipped")
+                    return
+                with contextlib.ExitStack() as stack:
+                    outs = [stack.enter_context(open_sink(t)) for t in targets]
+                    writer = FanoutWriter([make_writer(out, fmt=e) for out, e in zip(outs, exts, strict=True)])
+                    work(spec, writer)
+                    writer.close()
+
             return self.each_input(inputs, to_file, fail_fast=fail_fast, jobs=self.jobs)
+        if isinstance(ext, list) and len(ext) > 1:
+            raise UsageError(None, "several formats need one file each",
+                             "write one <stem>.<ext> file per format with {output_dir} DIR", parameter="format")
         pending: BaseException | None = None
         status: int = ExitStatus.OK
         with open_sink(self.config.output) as out:

@@ -213,7 +213,7 @@ FISH_CASES = [
     ("gemmapipe tr", ["transcribe"]),
     ("gemmapipe models p", ["path", "pull"]),
     ("gemmapipe transcribe --output-d", ["--output-dir"]),
-    ("gemmapipe transcribe -f ", ["txt", "srt", "vtt", "json", "jsonl", "tsv"]),
+    ("gemmapipe transcribe -f ", ["txt", "srt", "vtt", "json", "jsonl", "tsv", "all"]),
     ("gemmapipe diarize -f j", ["json", "jsonl"]),
     ("gemmapipe transcribe -l Ge", ["German", "Georgian"]),
     ("gemmapipe transcribe ta", ["talk.wav"]),

@@ -167,7 +167,7 @@ def test_srt_blocks() -> None:
 def test_vtt_header_and_escaping() -> None:
     text = render("vtt", TALK)
     assert text.startswith("WEBVTT\n\n")
-    assert "01:02:03.004 --> 01:02:05.500\n[S1] Grüße — 日本語 🎤 &lt;b&gt;&amp;amp;\n" in text
+    assert "01:02:03.004 --> 01:02:05.500\n<v S1>Grüße — 日本語 🎤 &lt;b&gt;&amp;amp;\n" in text  # a voice span
     assert "00:00:00.000 --> 00:00:01.500\nHello, world.\n" in text
     assert len(text.split("\n\n")) == 1 + len(TALK.segments) + 1
 
@@ -249,7 +249,7 @@ def test_unicode_line_separators_never_split_a_record() -> None:
         if fmt in ("json", "jsonl"):
             assert len(lines) == 1 and json.loads(lines[0])["text" if fmt == "jsonl" else "file"]
         elif fmt == "srt":
-            assert lines[2:] == ["a", "b", "c", "d", "e", "f", ""]  # a cue of several lines, no blank
+            assert lines[2:] == ["a b c d e f", ""]  # six lines are more than a cue holds: one line
         elif fmt in ("txt", "tsv", "rttm"):
             assert len(lines) == (2 if fmt == "tsv" else 1)
     assert render("txt", t) == "a b c d e f\n"
@@ -325,7 +325,7 @@ def test_several_inputs_with_file() -> None:
     vtt = render("vtt", TALK, SECOND, with_file=True)
     assert vtt.count("WEBVTT\n\n") == 2 and "NOTE file: clips/b.mp3\n\n" in vtt
     srt = render("srt", TALK, SECOND, with_file=True)
-    assert "\n\n1\n00:00:00,500 --> 00:00:00,900\n[S2] Second file.\n\n" in srt  # numbering restarts
+    assert "\n\n1\n00:00:00,500 --> 00:00:01,500\n[S2] Second file.\n\n" in srt  # numbering restarts
     rttm = render("rttm", TALK, SECOND, with_file=True).splitlines()
     assert rttm[-1].split()[1] == "b"
     jsonl = [json.loads(line) for line in render("jsonl", TALK, SECOND, with_file=True).splitlines()]
@@ -345,8 +345,8 @@ def test_streaming_calls_match_write_transcript() -> None:
 
 def test_empty_text_and_empty_transcript() -> None:
     t = Transcript("quiet.wav", [Segment(0, 500, "  \n "), Segment(500, 900, "ok")], {})
-    assert render("srt", t) == "1\n00:00:00,500 --> 00:00:00,900\nok\n\n"
-    assert render("vtt", t) == "WEBVTT\n\n00:00:00.500 --> 00:00:00.900\nok\n\n"
+    assert render("srt", t) == "1\n00:00:00,500 --> 00:00:01,500\nok\n\n"  # lengthened to the minimum 1 s
+    assert render("vtt", t) == "WEBVTT\n\n00:00:00.500 --> 00:00:01.500\nok\n\n"
     empty = Transcript("silence.wav", [], {"clips": 0})
     assert render("srt", empty) == ""
     assert render("vtt", empty) == "WEBVTT\n\n"

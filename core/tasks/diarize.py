@@ -39,6 +39,7 @@ class DiarizeOptions:
     start_ms: int | None = None
     end_ms: int | None = None
     max_clip_s: float = 20.0  # leaves room for exemplars within the model's ~30 s comfort zone
+    min_silence_ms: float = 500.0  # a pause at least this long ends a clip
     vad: str = "silero"  # voice-activity detector: "silero" or "energy" (core/tasks/segment.py)
     generate: GenerateOptions = field(default_factory=lambda: GenerateOptions(max_tokens=320))
 
@@ -117,7 +118,7 @@ def diarize(source: Source, engine_for: Callable[[], Engine], options: DiarizeOp
     options.validate()
     t0 = time.perf_counter()
     clips = segment_speech(iter_audio(source, start_ms=options.start_ms, end_ms=options.end_ms),
-                           vad=options.vad, max_clip_s=options.max_clip_s)
+                           vad=options.vad, max_clip_s=options.max_clip_s, min_silence_ms=options.min_silence_ms)
     result = Transcript(file=source.name)
     for seg in iter_turns(clips, engine_for, options, on_progress=on_progress):
         result.segments.append(seg)

@@ -20,11 +20,18 @@ from .vad_energy import (
     SpeechSegmenter,
 )
 
-__all__ = ["DEFAULT_VAD", "FRAME", "FRAMES_PER_SECOND", "SAMPLE_RATE", "VADS", "AudioBlockLike", "SpeechClip",
-           "SpeechSegmenter", "make_segmenter", "segment_speech"]
+__all__ = ["CUE_MAX_CLIP_S", "CUE_MIN_SILENCE_MS", "DEFAULT_VAD", "FRAME", "FRAMES_PER_SECOND", "SAMPLE_RATE",
+           "VADS", "AudioBlockLike", "SpeechClip", "SpeechSegmenter", "make_segmenter", "segment_speech"]
 
 VADS = ("silero", "energy")
 DEFAULT_VAD = "silero"
+
+# Clips for subtitle formats (srt, vtt): cut at shorter pauses and shorter overall, so that each clip
+# is a natural cue or two and cue times come from the audio rather than from splitting text. Measured
+# on 5 min of recorded speech with 0.35 s pauses (silero): 17 clips of 17 s on average (max 29.5 s)
+# with the defaults, 72 of 4 s (max 6.1 s) with these; each clip costs its prompt once more.
+CUE_MAX_CLIP_S = 8.0
+CUE_MIN_SILENCE_MS = 300.0
 
 
 def make_segmenter(vad: str = DEFAULT_VAD, **kw: float) -> SpeechSegmenter:

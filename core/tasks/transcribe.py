@@ -44,6 +44,7 @@ class TranscribeOptions:
     start_ms: int | None = None
     end_ms: int | None = None
     max_clip_s: float = MAX_CLIP_S
+    min_silence_ms: float = 500.0  # a pause at least this long ends a clip
     vad: str = "silero"  # voice-activity detector: "silero" or "energy" (core/tasks/segment.py)
     generate: GenerateOptions = field(default_factory=lambda: GenerateOptions(max_tokens=320))
     jobs: int = 1  # clips sent at once (an engine that takes concurrent requests: a server)
@@ -169,7 +170,8 @@ def transcribe(
 
     t0 = time.perf_counter()
     blocks = iter_audio(source, start_ms=options.start_ms, end_ms=options.end_ms)
-    clips = segment_speech(blocks, vad=options.vad, max_clip_s=options.max_clip_s)
+    clips = segment_speech(blocks, vad=options.vad, max_clip_s=options.max_clip_s,
+                           min_silence_ms=options.min_silence_ms)
     result = Transcript(file=source.name)
     for seg in iter_segments(clips, engine_for, options, templated=templated, on_progress=on_progress):
         result.segments.append(seg)

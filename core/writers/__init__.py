@@ -5,6 +5,9 @@ Transcripts (transcribe, diarize) stream through a `SegmentWriter`::
     with get_writer("srt", sys.stdout) as w:
         write_transcript(w, transcript)        # or w.begin / w.segment ... / w.end as segments finish
 
+Several formats from one pass: `FanoutWriter([get_writer("srt", a), get_writer("json", b)])`.
+SRT and WebVTT cues are shaped by `CueRules` (core/writers/cues.py: line width and count, duration).
+
 Descriptions (describe, video, chat) go through a `DescriptionWriter`: `write(desc)` then `close()`.
 Importing this package is cheap (no numpy).
 """
@@ -16,15 +19,19 @@ from typing import Any, TextIO
 from ..errors import UsageError
 from .base import (
     DescriptionWriter,
+    FanoutWriter,
     SegmentWriter,
     error_record,
     format_timestamp,
     write_error_record,
     write_transcript,
 )
+from .cues import CueRules
 from .describe import DescriptionJsonlWriter, DescriptionJsonWriter, DescriptionTxtWriter, MarkdownWriter
 from .jsonfmt import JsonlWriter, JsonWriter
 from .text import RttmWriter, SrtWriter, TsvWriter, TxtWriter, VttWriter
+
+SUBTITLE_FORMATS = frozenset({"srt", "vtt"})  # cues shaped by CueRules
 
 FORMATS: dict[str, type[SegmentWriter]] = {
     "txt": TxtWriter,
@@ -53,9 +60,12 @@ def _lookup(table: dict[str, Any], fmt: str, what: str) -> Any:
         ) from None
 
 
-def get_writer(fmt: str, out: TextIO, **kw: Any) -> SegmentWriter:
-    """A transcript writer for `fmt` (a key of FORMATS) over `out`; kw: with_file, and speakers for tsv."""
+def get_writer(fmt: str, out: TextIO, *, rules: CueRules | None = None, **kw: Any) -> SegmentWriter:
+    """A transcript writer for `fmt` (a key of FORMATS) over `out`; kw: with_file, and speakers for tsv.
+    `rules`: the shape of srt and vtt cues (CueRules' defaults when None; other formats ignore it)."""
     cls: type[SegmentWriter] = _lookup(FORMATS, fmt, "transcript")
+    if rules is not None and fmt.lower() in SUBTITLE_FORMATS:
+        kw["rules"] = rules
     return cls(out, **kw)
 
 
@@ -68,10 +78,13 @@ def get_description_writer(fmt: str, out: TextIO, **kw: Any) -> DescriptionWrite
 __all__ = [
     "DESCRIPTION_FORMATS",
     "FORMATS",
+    "SUBTITLE_FORMATS",
+    "CueRules",
     "DescriptionJsonWriter",
     "DescriptionJsonlWriter",
     "DescriptionTxtWriter",
     "DescriptionWriter",
+    "FanoutWriter",
     "JsonWriter",
     "JsonlWriter",
     "MarkdownWriter",

@@ -41,16 +41,16 @@ def seconds(ms: int) -> float:
     return round(int(ms) / 1000, 3)
 
 
+def shown_text(seg: Segment) -> str:
+    """The words txt, srt and vtt show for a segment: the one place that chooses them (a translation,
+    when segments carry one, is chosen here)."""
+    return seg.text
+
+
 def one_line(text: str) -> str:
     """Text on one line: every line break and tab becomes a space, runs of blanks are kept as written."""
     parts = text.replace("\t", " ").splitlines()
     return " ".join(p.strip() for p in parts if p.strip())
-
-
-def cue_text(text: str) -> str:
-    """Text for an SRT/VTT cue: line breaks kept, but no empty line (it would end the cue) and no `-->`."""
-    lines = [line.replace("\t", " ").strip() for line in text.splitlines()]
-    return "\n".join(line.replace("-->", "->") for line in lines if line)
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -128,6 +128,40 @@ class SegmentWriter:
             self.out.flush()
 
     def __enter__(self) -> SegmentWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class FanoutWriter:
+    """Several writers fed from one stream of segments (`-f srt,vtt,json`: one model pass, every
+    format written from the same segments): begin, segment, end, error and close go to each, in order."""
+
+    def __init__(self, writers: list[SegmentWriter]) -> None:
+        self.writers = list(writers)
+
+    def begin(self, file: str, meta: dict[str, Any]) -> None:
+        for w in self.writers:
+            w.begin(file, meta)
+
+    def segment(self, seg: Segment) -> None:
+        for w in self.writers:
+            w.segment(seg)
+
+    def end(self, file: str, meta: dict[str, Any]) -> None:
+        for w in self.writers:
+            w.end(file, meta)
+
+    def error(self, file: str, error: str | BaseException) -> None:
+        for w in self.writers:
+            w.error(file, error)
+
+    def close(self) -> None:
+        for w in self.writers:
+            w.close()
+
+    def __enter__(self) -> FanoutWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -7,7 +7,8 @@ from pathlib import PurePath
 from typing import Any, ClassVar, TextIO
 
 from ..results import Segment
-from .base import SegmentWriter, cue_text, format_timestamp, one_line
+from .base import SegmentWriter, format_timestamp, one_line, shown_text
+from .cues import Cue, CueRules, CueTimer, shape_cues, width
 
 
 def _seconds_text(ms: int) -> str:
@@ -32,7 +33,7 @@ class TxtWriter(SegmentWriter):
         super().begin(file, meta)
 
     def segment(self, seg: Segment) -> None:
-        text = one_line(seg.text)
+        text = one_line(shown_text(seg))
         if seg.speaker is not None:
             stamp = format_timestamp(seg.start_ms, millis=False)
             text = f"[{stamp}] {one_line(seg.speaker)}: {text}"
@@ -40,47 +41,80 @@ class TxtWriter(SegmentWriter):
 
 
 class _SubtitleWriter(SegmentWriter):
-    """SRT and WebVTT: numbered or plain cues, `[S1] ` before the text when the speaker is known.
+    """SRT and WebVTT: each segment as one or more cues of a readable shape (core/writers/cues.py:
+    line width, line count, duration, reading time; never overlapping, never of zero length).
 
     Each input gives exactly the document it would give alone (numbering restarts, VTT repeats its
     header): these formats cannot hold several files, so several inputs are concatenated documents.
     Cues whose text is empty are skipped; empty lines inside text are dropped (they would end the cue).
+    The last cue of a segment is written when the next segment (or the end of the input) says how
+    long it may stay on screen.
     """
 
     decimal: ClassVar[str] = "."
 
-    def __init__(self, out: TextIO, *, with_file: bool = False) -> None:
+    def __init__(self, out: TextIO, *, with_file: bool = False, rules: CueRules | None = None) -> None:
         super().__init__(out, with_file=with_file)
+        self.rules = rules or CueRules()
+        self.timer = CueTimer(self.rules)
         self.index = 0  # cues written for the current input
 
     def begin(self, file: str, meta: dict[str, Any]) -> None:
+        self._flush()
         super().begin(file, meta)
         self.index = 0
+        self.timer.reset()
 
-    def cue_payload(self, seg: Segment) -> str:
-        text = cue_text(seg.text)
-        if not text:
-            return ""
-        if seg.speaker is not None:
-            text = f"[{one_line(seg.speaker)}] {text}"
-        return text
+    def label(self, speaker: str) -> str:
+        """What marks the speaker at the start of a cue."""
+        return f"[{speaker}] "
 
-    def timing(self, seg: Segment) -> str:
-        start = format_timestamp(seg.start_ms, self.decimal)
-        end = format_timestamp(seg.end_ms, self.decimal)
+    def segment(self, seg: Segment) -> None:
+        speaker = None if seg.speaker is None else one_line(seg.speaker)
+        label = "" if speaker is None else self.label(speaker)
+        for cue in shape_cues(shown_text(seg), seg.start_ms, seg.end_ms, self.rules, label_width=width(label)):
+            cue.speaker = speaker
+            done = self.timer.push(cue)
+            if done is not None:
+                self._write(done)
+
+    def end(self, file: str, meta: dict[str, Any]) -> None:
+        self._flush()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._flush()
+        super().close()
+
+    def _flush(self) -> None:
+        done = self.timer.flush()
+        if done is not None:
+            self._write(done)
+
+    def _write(self, cue: Cue) -> None:
+        self.index += 1
+        self.write_cue(cue, cue.speaker)
+
+    def write_cue(self, cue: Cue, speaker: str | None) -> None:
+        raise NotImplementedError
+
+    def timing(self, cue: Cue) -> str:
+        start = format_timestamp(cue.start_ms, self.decimal)
+        end = format_timestamp(cue.end_ms, self.decimal)
         return f"{start} --> {end}"
 
 
 class SrtWriter(_SubtitleWriter):
+    """SubRip: numbered cues; a diarized cue starts with `[S1] `."""
+
     extension: ClassVar[str] = "srt"
     decimal: ClassVar[str] = ","
 
-    def segment(self, seg: Segment) -> None:
-        text = self.cue_payload(seg)
-        if not text:
-            return
-        self.index += 1
-        self.out.write(f"{self.index}\n{self.timing(seg)}\n{text}\n\n")
+    def write_cue(self, cue: Cue, speaker: str | None) -> None:
+        text = "\n".join(cue.lines)
+        if speaker is not None:
+            text = self.label(speaker) + text
+        self.out.write(f"{self.index}\n{self.timing(cue)}\n{text}\n\n")
 
 
 def _vtt_escape(text: str) -> str:
@@ -88,7 +122,8 @@ def _vtt_escape(text: str) -> str:
 
 
 class VttWriter(_SubtitleWriter):
-    """WebVTT; hours always shown; `&`, `<`, `>` escaped as the cue-text syntax requires.
+    """WebVTT; hours always shown; `&`, `<`, `>` escaped as the cue-text syntax requires; a diarized
+    cue is a voice span, `<v S1>text` (the standard speaker tag; players may style or list voices).
 
     With `with_file`, a `NOTE file: name` block follows each header.
     """
@@ -102,14 +137,14 @@ class VttWriter(_SubtitleWriter):
         if self.with_file:
             self.out.write(f"NOTE file: {one_line(file).replace('-->', '->')}\n\n")
 
-    def cue_payload(self, seg: Segment) -> str:
-        return _vtt_escape(super().cue_payload(seg))
+    def label(self, speaker: str) -> str:
+        return ""  # the voice tag is not shown as text: it takes no room on the line
 
-    def segment(self, seg: Segment) -> None:
-        text = self.cue_payload(seg)
-        if not text:
-            return
-        self.out.write(f"{self.timing(seg)}\n{text}\n\n")
+    def write_cue(self, cue: Cue, speaker: str | None) -> None:
+        text = "\n".join(_vtt_escape(line) for line in cue.lines)
+        if speaker is not None:
+            text = f"<v {_vtt_escape(speaker)}>{text}"
+        self.out.write(f"{self.timing(cue)}\n{text}\n\n")
 
 
 class TsvWriter(SegmentWriter):
