@@ -79,10 +79,34 @@ class Runner(Session):
         super().__init__(session_config(common), needs=needs, reporter=CliReporter(common),
                          default_model=default_model)
 
+    def close(self) -> None:
+        """Unload the engine; with -v, first the run's timing summary (as whisper.cpp and
+        `ollama --verbose` print one)."""
+        timings = self.timings() if self.common.verbose else None
+        super().close()
+        if timings is not None:
+            for line in timing_summary(timings):
+                self.info(line)
+
     def check_input_list(self, inputs: list[str]) -> None:
         if not inputs:
             raise UsageError("input", "no input given", f"pass a path, or - for stdin: gemmapipe {self.command} FILE")
         super().check_input_list(inputs)
+
+
+def _rate(tokens: float, seconds: float) -> str:
+    return f", {tokens / seconds:.1f} tokens/s" if tokens and seconds > 0 else ""
+
+
+def timing_summary(t: dict[str, float]) -> list[str]:
+    """`load 1.20 s`, `prompt 812 tokens (540 evaluated, 272 from the KV cache) in 0.41 s, 1317.1
+    tokens/s`, `generated 64 tokens in 1.02 s, 62.7 tokens/s`."""
+    cached = int(t["prompt_tokens"] - t["prompt_evaluated"])
+    reuse = f" ({int(t['prompt_evaluated'])} evaluated, {cached} from the KV cache)" if cached > 0 else ""
+    return [*([f"load {t['load_s']:.2f} s"] if t["load_s"] > 0 else []),
+            f"prompt {int(t['prompt_tokens'])} tokens{reuse} in {t['prefill_s']:.2f} s"
+            f"{_rate(t['prompt_evaluated'], t['prefill_s'])}",
+            f"generated {int(t['generated'])} tokens in {t['decode_s']:.2f} s{_rate(t['generated'], t['decode_s'])}"]
 
 
 def read_files_from(source: str | None) -> list[str]:
