@@ -101,5 +101,6 @@ def command(
         return result
 
     return run_segments(inputs, runner=runner, fmt=fmt, formats=FORMATS, output_dir=output_dir, fail_fast=fail_fast,
+                        span=(start_ms, end_ms),
                         task=task, meta={"task": "diarize"}, skip_existing=skip_existing,
                         errors_as_records=errors_as_records)

@@ -2,9 +2,12 @@
 options turned into a core Session. The application itself lives in gemmapipe.core.session."""
 
 import contextlib
+import os
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from gemmapipe.core.errors import GemmapipeError, UsageError
 from gemmapipe.core.session import Session, SessionConfig, ensure_output_dir, output_path_for
@@ -21,6 +24,8 @@ class CliReporter:
 
     def __init__(self, common: Common) -> None:
         self.common = common
+        if self.show_progress():
+            install_terminal_stdout()
 
     def info(self, message: str) -> None:
         if self.common.verbose:
@@ -40,17 +45,95 @@ class CliReporter:
 
     @contextlib.contextmanager
     def progress(self, description: str, total: float | None) -> Iterator[Callable[[float], None]]:
-        """Yield an `advance_to(done)` callback: a Rich bar on stderr when it is a TTY, else nothing."""
+        """Yield an `advance_to(done)` callback: a Rich bar on stderr when it is a TTY, else nothing.
+        With a known total it shows the percentage and the time left, else a pulse and the time spent.
+        When stdout is the same terminal, what is written to stdout meanwhile is printed above the bar
+        (whole lines, through the bar's console), so the bar never leaves debris among them."""
         if not self.show_progress():
             yield lambda done: None
             return
         from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
-        with Progress(TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(),
-                      console=Console(stderr=True), transient=True) as bar:
-            task = bar.add_task(description, total=total)
-            yield lambda done: bar.update(task, completed=done)
+        from gemmapipe.core.errors import printable
+
+        columns = [TextColumn("{task.description}"), BarColumn()]
+        columns += [TaskProgressColumn(), TimeRemainingColumn()] if total else [TimeElapsedColumn()]
+        console = Console(stderr=True)
+        with Progress(*columns, console=console, transient=True, redirect_stdout=False,
+                      redirect_stderr=False) as bar:
+            task = bar.add_task(printable(description), total=total or None)
+            with _stdout_above(console):
+                yield lambda done: bar.update(task, completed=min(done, total) if total else done)
+
+
+class _TerminalStdout:
+    """sys.stdout while a progress bar may show on the same terminal: writes go through to the real
+    stream, except while a bar is live, when whole lines are printed above it by its console."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+        self._console: Any = None
+        self._pending = ""
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            if self._console is None:
+                return int(self._real.write(text))
+            self._pending += text
+            *lines, self._pending = self._pending.split("\n")
+            for line in lines:
+                self._console.print(line, markup=False, highlight=False, emoji=False, soft_wrap=True)
+            return len(text)
+
+    def flush(self) -> None:
+        self._real.flush()
+
+    def route(self, console: Any) -> None:
+        with self._lock:
+            if console is None and self._pending:
+                self._real.write(self._pending)
+                self._pending = ""
+            self._console = console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+def _same_terminal() -> bool:
+    try:
+        return sys.stdout.isatty() and os.path.samestat(os.fstat(sys.stdout.fileno()), os.fstat(2))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def install_terminal_stdout() -> None:
+    """Make sys.stdout a _TerminalStdout when it is the terminal stderr is on (before any sink holds
+    it), so progress bars can keep what stdout prints intact."""
+    if not isinstance(sys.stdout, _TerminalStdout) and _same_terminal():
+        sys.stdout = _TerminalStdout(sys.stdout)
+
+
+@contextlib.contextmanager
+def _stdout_above(console: Any) -> Iterator[None]:
+    out = sys.stdout
+    if not isinstance(out, _TerminalStdout):
+        yield
+        return
+    out.flush()
+    out.route(console)
+    try:
+        yield
+    finally:
+        out.route(None)
 
 
 def session_config(common: Common) -> SessionConfig:

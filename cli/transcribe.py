@@ -65,7 +65,7 @@ LANGUAGE_OPTION = {"metavar": "LANG", "callback": parse_language, "autocompletio
 
 def run_segments(inputs: list[str], *, runner: Runner, fmt: str | None, formats: list[str], output_dir: Path | None,
                  fail_fast: bool, task: Callable[..., Any], meta: dict[str, Any], skip_existing: bool = False,
-                 errors_as_records: bool = False) -> int:
+                 errors_as_records: bool = False, span: tuple[int | None, int | None] = (None, None)) -> int:
     """Shared by transcribe and diarize: one writer per stream (or per file with --output-dir)."""
     from gemmapipe.core.media.source import open_input
     from gemmapipe.core.writers import get_writer
@@ -80,8 +80,9 @@ def run_segments(inputs: list[str], *, runner: Runner, fmt: str | None, formats:
         with open_input(spec, warn=runner.warn) as src, runner.ordered_output(writer) as out:
             info: dict[str, Any] = dict(meta)
             out.begin(src.name, info)
-            with runner.progress(src.name, None) as advance:
-                result = task(src, on_segment=out.segment, on_progress=lambda s: advance(s / 16000))
+            first_s, total_s = progress_span(src, *span)
+            with runner.progress(src.name, total_s) as advance:
+                result = task(src, on_segment=out.segment, on_progress=lambda s: advance(s / 16000 - first_s))
             info.update(result.meta)
             info.update(src.meta())  # warnings, NaN samples replaced
             info.update(runner_meta(runner))
@@ -93,6 +94,16 @@ def run_segments(inputs: list[str], *, runner: Runner, fmt: str | None, formats:
                                   errors_as_records=errors_as_records)
     finally:
         runner.close()
+
+
+def progress_span(src: Any, start_ms: int | None, end_ms: int | None) -> tuple[float, float | None]:
+    """(first second, seconds to go through) of an input for its progress bar: from --start to --end
+    or the end of the audio; the length is None when it is not known (a live pipe)."""
+    info = getattr(src, "info", None)
+    duration = (info.audio_duration_ms or info.duration_ms) if info is not None else None
+    end = min(x for x in (end_ms, duration) if x) if (end_ms or duration) else None
+    first = start_ms or 0
+    return first / 1000, (max(1, end - first) / 1000 if end is not None else None)
 
 
 def runner_meta(runner: Runner) -> dict[str, Any]:
@@ -149,4 +160,5 @@ def command(
 
     meta = {"task": "transcribe", "language": language}
     return run_segments(inputs, runner=runner, fmt=fmt, formats=FORMATS, output_dir=output_dir, fail_fast=fail_fast,
+                        span=(start_ms, end_ms),
                         task=task, meta=meta, skip_existing=skip_existing, errors_as_records=errors_as_records)
