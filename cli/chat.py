@@ -139,6 +139,10 @@ def _attachments(specs: list[str], *, image_tokens: int, warn: Any) -> tuple[lis
 
     attachments, parts = [], []
     for spec in specs:
+        if spec == "-":
+            from .runner import stdin_hint
+
+            stdin_hint(quiet=False)
         att = materialize(spec)
         parts += attachment_parts(att.path, image_tokens=image_tokens, warn=warn, name=att.name)
         attachments.append(att)

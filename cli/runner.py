@@ -175,6 +175,21 @@ class Runner(Session):
         if not inputs:
             raise UsageError("input", "no input given", f"pass a path, or - for stdin: gemmapipe {self.command} FILE")
         super().check_input_list(inputs)
+        if "-" in inputs and not getattr(self, "_stdin_hinted", False):
+            self._stdin_hinted = True
+            stdin_hint(self.common.quiet)
+
+
+def stdin_hint(quiet: bool) -> None:
+    """`-` with a terminal on stdin: say what it waits for (as `cat` reads on, but not silently)."""
+    try:
+        tty = sys.stdin is not None and sys.stdin.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    if tty and not quiet:
+        sys.stderr.write("gemmapipe: reading the input from standard input, a terminal: pipe or redirect a file "
+                         "in (- < FILE), or press Ctrl-D to end\n")
+        sys.stderr.flush()
 
 
 def _rate(tokens: float, seconds: float) -> str:

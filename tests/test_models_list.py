@@ -13,7 +13,7 @@ import pytest
 from gemmapipe.cli.app import run
 from gemmapipe.core import models_hub as hub
 
-from gguf_factory import write_mmproj, write_text_model
+from gguf_factory import write_text_model
 
 
 def rows(out: str) -> list[list[str]]:
