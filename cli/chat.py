@@ -10,7 +10,7 @@ from .options import Common, with_common
 from .runner import Runner, read_stdin_text
 from .sessions import session_path
 
-HELP_INTERACTIVE = "/attach FILE, /reset, /save FILE, /exit"
+HELP_INTERACTIVE = "/attach FILE, /reset, /save FILE, /help, /exit"
 
 
 @with_common
