@@ -8,15 +8,9 @@ import typer
 
 from .options import Common, with_common
 from .runner import Runner, read_stdin_text
+from .sessions import session_path
 
-HELP_INTERACTIVE = "/attach FILE, /reset, /save FILE, /exit"
-
-
-def _session_path(name: str) -> Path:
-    from gemmapipe.core.config import xdg_dir
-
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
-    return xdg_dir("data") / "sessions" / f"{safe}.json"
+HELP_INTERACTIVE = "/attach FILE, /reset, /save FILE, /help, /exit"
 
 
 @with_common
@@ -24,8 +18,8 @@ def command(
     prompt: Annotated[str | None, typer.Argument(help="The prompt; piped stdin text is added to it.",
                                                  show_default=False, metavar="PROMPT")] = None,
     attach: Annotated[list[str] | None, typer.Option("-a", "--attach", show_default=False, metavar="FILE",
-                                                     help="Attach an image, audio or video file (repeatable; "
-                                                          "- reads it from stdin).")] = None,
+                                                     help="Attach an image, audio or video file or http(s) URL "
+                                                          "(repeatable; - reads it from stdin).")] = None,
     system: Annotated[str | None, typer.Option("-s", "--system", show_default=False, help="System prompt.")] = None,
     schema: Annotated[str | None, typer.Option("--schema", show_default=False, metavar="SCHEMA",
                                                help="JSON Schema (inline or a file): the answer is valid JSON.")]
@@ -34,8 +28,11 @@ def command(
     = False,
     cont: Annotated[bool, typer.Option("--continue", help="Continue the last conversation.")] = False,
     session: Annotated[str | None, typer.Option("--session", show_default=False, metavar="NAME",
-                                                help="Keep the conversation under this name between runs.")]
+                                                help="Keep the conversation under this name between runs, or "
+                                                     "in this file (a path: ./x.json, ~/chats/a.json).")]
     = None,
+    list_: Annotated[bool, typer.Option("--list", help="List the kept conversations (name, time, turns, "
+                                                       "first prompt) and exit.")] = False,
     image_tokens: Annotated[int, typer.Option("--image-tokens", min=70, max=1120, help="Token budget per image.")]
     = 280,
     functions: Annotated[list[str] | None, typer.Option("--functions", show_default=False, metavar="FILE.py",
@@ -54,8 +51,15 @@ def command(
 ) -> int:
     from gemmapipe.core.engine.grammar import load_schema, schema_to_grammar
     from gemmapipe.core.errors import GemmapipeError, UsageError
-    from gemmapipe.core.tasks.chat import ChatSession, attachment_parts, n_ctx_for
+    from gemmapipe.core.tasks.chat import ChatSession, is_url, n_ctx_for
 
+    if list_:
+        from .sessions import list_sessions
+
+        return list_sessions()
+    if cont and session:
+        raise UsageError("--continue", "cannot be used with --session",
+                         "--continue picks up the last conversation, --session NAME a named one: give one")
     attach = attach or []
     if attach.count("-") > 1:
         raise UsageError("--attach", "stdin (-) can be attached only once")
@@ -66,10 +70,8 @@ def command(
         raise UsageError("prompt", "nothing to ask", "give a PROMPT, pipe text in, or run on a terminal")
 
     needs: set[str] = set()
-    parts: list[Any] = []
     warn = Runner(common, needs=set(), command="chat").warn  # the real runner needs to know `needs` first
-    for spec in attach:
-        parts += attachment_parts(spec, image_tokens=image_tokens, warn=warn)
+    attachments, parts = _attachments(attach, image_tokens=image_tokens, warn=warn)
     from gemmapipe.core.engine.parts import Audio, Image
 
     if any(isinstance(p, Image) for p in parts):
@@ -77,16 +79,16 @@ def command(
     if any(isinstance(p, Audio) for p in parts):
         needs.add("audio")
     runner = Runner(common, needs=needs, command="chat")
-    runner.plan_outputs(attach)  # -o onto an attachment would destroy it
-    store = _session_path(session or "last") if (session or cont) else None
+    runner.plan_outputs([a for a in attach if not is_url(a)])  # -o onto an attachment would destroy it
+    store = session_path(session or "last") if (session or cont) else None
     # Where the conversation is kept, checked before the model is asked: an answer is never printed
     # and then lost to an unusable store. Asked for (--session, --continue): an error; the implicit
-    # "last" of a one-shot chat: a warning, and it is not kept.
+    # "last" (every conversation, one-shot or interactive, becomes it): a warning, and it is not kept.
     keep: Path | None = store
     if store is not None:
         ChatSession.check_store(store)
-    elif not interactive:
-        keep = _session_path("last")
+    else:
+        keep = session_path("last")
         try:
             ChatSession.check_store(keep)
         except GemmapipeError as exc:
@@ -114,14 +116,14 @@ def command(
         if interactive:
             from .interactive import repl
 
-            return repl(convo, engine, options, parts, attach, image_tokens=image_tokens, store=store,
-                        info=runner.info)
+            return repl(convo, engine, options, parts, attachments, image_tokens=image_tokens, keep=keep,
+                        info=runner.info, warn=runner.warn)
         from gemmapipe.core.sink import is_stdout, open_sink
 
         with open_sink(common.output) as out:
             written = 0
             try:
-                for piece in convo.ask(engine(), text, parts, options, attach):
+                for piece in convo.ask(engine(), text, parts, options, attachments):
                     out.write(piece)
                     out.flush()
                     written += len(piece)
@@ -146,6 +148,22 @@ def command(
         return 0
     finally:
         runner.close()
+
+
+def _attachments(specs: list[str], *, image_tokens: int, warn: Any) -> tuple[list[Any], list[Any]]:
+    """Each -a as a file (stdin and URLs copied to a spool) and its decoded parts."""
+    from gemmapipe.core.tasks.chat import attachment_parts, materialize
+
+    attachments, parts = [], []
+    for spec in specs:
+        if spec == "-":
+            from .runner import stdin_hint
+
+            stdin_hint(quiet=False)
+        att = materialize(spec)
+        parts += attachment_parts(att.path, image_tokens=image_tokens, warn=warn, name=att.name)
+        attachments.append(att)
+    return attachments, parts
 
 
 def _mark_incomplete(out: Any, written: int) -> None:

@@ -122,5 +122,6 @@ def command(
         return result
 
     return run_segments(inputs, runner=runner, fmts=fmts, rules=rules, output_dir=output_dir, fail_fast=fail_fast,
+                        span=(start_ms, end_ms),
                         task=task, meta={"task": "diarize"}, skip_existing=skip_existing,
                         errors_as_records=errors_as_records)

@@ -18,10 +18,13 @@ SHELLS = {"bash": "gemmapipe.bash", "zsh": "_gemmapipe", "fish": "gemmapipe.fish
 
 # /commands of the interactive chat; chat.HELP_INTERACTIVE names the ones there are
 SLASH_HELP = {
-    "/attach": "Attach an image, audio or video file to the next message.",
+    "/attach": "Attach an image, audio or video file (or an http(s) URL) to the next message; Tab completes paths.",
     "/reset": "Forget the conversation so far (and the model's cached state).",
-    "/save": "Save the conversation to FILE (JSON).",
-    "/exit": "Leave (as does Ctrl-D).",
+    "/save": "Save the conversation to FILE (JSON); gemmapipe chat --session FILE continues it.",
+    "/help": "List the commands.",
+    "/exit": "Leave (as does Ctrl-D). Ctrl-C clears the line at the prompt, and stops an answer midway "
+             "(marked [interrupted]; the part shown stays in the conversation) without ending the session. "
+             "An unknown /command is named as such.",
 }
 
 # Variables read outside Click's options (those are listed with their option and below, from envvar=)
@@ -54,7 +57,8 @@ FILES = [
      "config file > built-in."),
     ("$XDG_DATA_HOME/gemmapipe/models/", "Models fetched by `gemmapipe models pull`, one folder per repository."),
     ("$XDG_DATA_HOME/gemmapipe/sessions/NAME.json",
-     "Saved chat conversations (`chat --session NAME`); last.json is the one `chat --continue` picks up."),
+     "Saved chat conversations (`chat --session NAME`, listed by `chat --list`); last.json is the one "
+     "`chat --continue` picks up; NAME.files/ beside one keeps the bytes of attachments read from stdin or a URL."),
     ("$XDG_DATA_HOME/gemmapipe/history", "Line history of the interactive chat."),
     ("$XDG_CACHE_HOME/gemmapipe/", "Caches that are safe to delete: prefilled video states (states/), model "
                                    "checksums (sha256.json)."),
@@ -75,10 +79,13 @@ SUBTITLES = [
 ]
 
 SESSIONS = [
-    "Every one-shot chat is saved as the conversation named last; `gemmapipe chat --continue PROMPT` goes on "
-    "from it. `--session NAME` keeps a conversation under NAME between runs (created on first use, continued "
-    "after). Attachments stay part of the conversation. In the interactive chat, /save FILE writes the "
-    "conversation to a file of your choice.",
+    "Every chat, one-shot or interactive, is saved as the conversation named last; `gemmapipe chat --continue "
+    "PROMPT` goes on from it, from any folder. `--session NAME` keeps a conversation under NAME between runs "
+    "(created on first use, continued after); `--session PATH` (with a / or ending in .json) uses that file, "
+    "such as one written by /save FILE. --continue and --session together are refused. Attachments stay part "
+    "of the conversation: files by absolute path, stdin and URLs by content, copied into NAME.files/ beside "
+    "the session file. `gemmapipe chat --list` lists the kept conversations, newest first: name, time, turns "
+    "and the first prompt (tab-separated in a pipe, with a header row on a terminal).",
 ]
 
 EXAMPLES = [

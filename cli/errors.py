@@ -26,6 +26,7 @@ FLAGS: dict[str, str] = {
     "model_env": "GEMMAPIPE_MODEL", "server_env": "GEMMAPIPE_SERVER", "api_key_env": "GEMMAPIPE_API_KEY",
     "models_dir_env": "GEMMAPIPE_MODELS_DIR", "config_env": "GEMMAPIPE_CONFIG",
     "spool_max_env": "GEMMAPIPE_SPOOL_MAX", "pull_command": "gemmapipe models pull",
+    "models_list_command": "gemmapipe models list",
     "describe_command": "gemmapipe describe", "video_command": "gemmapipe video",
     "transcribe_command": "gemmapipe transcribe", "chat_command": "gemmapipe chat",
 }

@@ -56,11 +56,20 @@ def pull(
     return 0
 
 
-@app.command("list", help="The models here: repository, file, size, status (ok, partial, missing), path.")
+@app.command("list", help="The models here: repository, file, size, status (ok, partial, missing), path, and "
+                          "which one commands use without --model (a header row on a terminal).")
 def list_models() -> int:
     from gemmapipe.core import models_hub as hub
+    from gemmapipe.core.errors import printable
 
-    for st in hub.local_models():
+    model = configured_model()
+    projector = configured_mmproj(model) if model is not None else None
+    in_use = {model: "model", projector: "mmproj"} if model is not None else {}
+    default = hub.default_model_path()
+    if model is None and default is not None:
+        in_use = {default: "model", default.parent / hub.DEFAULT_MMPROJ_FILE: "mmproj"}
+    rows = []
+    for st in hub.local_models((model, projector)):
         if st.complete:
             status, size = "ok", hub.human_size(st.size)
         elif st.partial:
@@ -68,7 +77,31 @@ def list_models() -> int:
             status, size = f"partial{pct}", hub.human_size(st.partial)
         else:
             status, size = "missing", "-"
-        sys.stdout.write(f"{st.repo}\t{st.name}\t{size}\t{status}\t{st.path}\n")
+        rows.append([st.repo, st.name, size, status, printable(str(st.path)), in_use.get(st.path, "-")])
+    if sys.stdout.isatty():
+        table = [["REPO", "FILE", "SIZE", "STATUS", "PATH", "USED"], *rows]
+        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+        for r in table:
+            sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n")
+    else:
+        for r in rows:
+            sys.stdout.write("\t".join(r) + "\n")
+    return 0
+
+
+@app.command("rm", help="Delete downloaded models from the models folder (by file name, as models list shows "
+                        "them; unfinished downloads too).")
+def rm(
+    names: Annotated[list[str], typer.Argument(show_default=False, metavar="FILE...",
+                                               help="File names (or paths) in the models folder.")],
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only errors on stderr.")] = False,
+) -> int:
+    from gemmapipe.core import models_hub as hub
+
+    say = _say(quiet)
+    for name in names:
+        for path in hub.remove(name):
+            say(f"removed {path}")
     return 0
 
 
@@ -80,11 +113,7 @@ def path(
     if model is None:
         model = _default_model()
     if model is None:
-        from gemmapipe.core.errors import ModelError
-        from gemmapipe.core.models_hub import DEFAULT_SIZE_TEXT, PULL_COMMAND
-
-        raise ModelError("model", "none configured and the default is not downloaded",
-                         f"run: {PULL_COMMAND}   (the default, {DEFAULT_SIZE_TEXT})")
+        raise no_model()
     if not mmproj:
         sys.stdout.write(f"{model}\n")
         return 0
@@ -100,6 +129,20 @@ def path(
         raise ModelError(f"model {model}", "no mmproj*.gguf beside it", "pass --mmproj PATH to the commands")
     sys.stdout.write(f"{found}\n")
     return 0
+
+
+def configured_mmproj(model: Path) -> Path | None:
+    """The projector commands use with `model`: the configured one, else the single one beside it."""
+    explicit = os.environ.get("GEMMAPIPE_MMPROJ") or _config_value("mmproj")
+    if explicit:
+        return Path(str(explicit)).expanduser()
+    from gemmapipe.core.errors import ModelError
+    from gemmapipe.core.model import find_mmproj
+
+    try:
+        return find_mmproj(model)
+    except ModelError:  # several candidates: list the model alone
+        return None
 
 
 def _config_value(key: str) -> Any:
@@ -127,19 +170,30 @@ def _interactive() -> bool:
         return False
 
 
+def _default_text() -> str:
+    from gemmapipe.core import models_hub as hub
+
+    return f"{hub.DEFAULT_REPO} ({hub.DEFAULT_MODEL_FILE} + {hub.DEFAULT_MMPROJ_FILE}, {hub.DEFAULT_SIZE_TEXT})"
+
+
+def no_model() -> Any:
+    """The one way a missing model is described (every command and `models path`), exit 4."""
+    from gemmapipe.core.errors import ModelError
+    from gemmapipe.core.model import MODEL_HINT
+
+    return ModelError("model", "no model given", MODEL_HINT)
+
+
 def default_or_offer(quiet: bool = False) -> Path:
     """The model to use when none is configured: the pulled default, or (on a terminal, if the
     user agrees) the default pulled now. Otherwise ModelError (exit 4) naming the command to run."""
     from gemmapipe.core import models_hub as hub
-    from gemmapipe.core.errors import ModelError
 
     found = hub.default_model_path()
     if found is not None:
         return found
-    what = f"{hub.DEFAULT_REPO} ({hub.DEFAULT_MODEL_FILE} + {hub.DEFAULT_MMPROJ_FILE}, {hub.DEFAULT_SIZE_TEXT})"
-    refusal = ModelError("model", "no model given",
-                         f"run: {hub.PULL_COMMAND}   to download the default, {what}; or pass --model PATH "
-                         "(or set GEMMAPIPE_MODEL)")
+    what = _default_text()
+    refusal = no_model()
     if not _interactive() or hub.offline_env():
         raise refusal
     sys.stderr.write(f"gemmapipe: no model is configured. Download the default, {what},\n"

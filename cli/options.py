@@ -51,7 +51,7 @@ class Common:
     cache_type: str = "f16"
     output: str = "-"
     quiet: bool = False
-    verbose: bool = False
+    verbose: int = 0  # -v: gemmapipe's account; -vv: llama.cpp's log too
     no_progress: bool = False
     traceback: bool = False
     server: str | None = None
@@ -102,9 +102,10 @@ _SPEC: dict[str, tuple[Any, Any]] = {
         help="Write here ('-' = stdout). Files are written whole or not at all.")], "-"),
     "quiet": (Annotated[bool, typer.Option(
         "-q", "--quiet", rich_help_panel=OUTPUT_PANEL, help="Only errors on stderr.")], False),
-    "verbose": (Annotated[bool, typer.Option(
-        "-v", "--verbose", rich_help_panel=OUTPUT_PANEL,
-        help="Log to stderr, llama.cpp's own log included.")], False),
+    "verbose": (Annotated[int, typer.Option(
+        "-v", "--verbose", count=True, rich_help_panel=OUTPUT_PANEL,
+        help="Say what gemmapipe does on stderr (model, context, cache reuse, timings at the end); "
+             "-vv adds llama.cpp's own log.")], 0),
     "no_progress": (Annotated[bool, typer.Option(
         "--no-progress", rich_help_panel=OUTPUT_PANEL, help="No progress bar (there is none unless stderr is a TTY).")],
         False),

@@ -123,7 +123,7 @@ def wants_cues(fmts: list[str]) -> bool:
 
 def run_segments(inputs: list[str], *, runner: Runner, fmts: list[str], rules: Any, output_dir: Path | None,
                  fail_fast: bool, task: Callable[..., Any], meta: dict[str, Any], skip_existing: bool = False,
-                 errors_as_records: bool = False) -> int:
+                 errors_as_records: bool = False, span: tuple[int | None, int | None] = (None, None)) -> int:
     """Shared by transcribe and diarize: one writer per stream (or per file with --output-dir); with
     several formats one file per input and format, all written from the same segments."""
     from gemmapipe.core.audio_format import SAMPLE_RATE
@@ -139,8 +139,10 @@ def run_segments(inputs: list[str], *, runner: Runner, fmts: list[str], rules: A
         with open_input(spec, warn=runner.warn) as src, runner.ordered_output(writer) as out:
             info: dict[str, Any] = dict(meta)
             out.begin(src.name, info)
-            with runner.progress(src.name, None) as advance:
-                result = task(src, on_segment=out.segment, on_progress=lambda s: advance(s / SAMPLE_RATE))
+            first_s, total_s = progress_span(src, *span)
+            with runner.progress(src.name, total_s) as advance:
+                result = task(src, on_segment=out.segment,
+                              on_progress=lambda s: advance(s / SAMPLE_RATE - first_s))
             info.update(result.meta)
             info.update(src.meta())  # warnings, NaN samples replaced
             info.update(runner_meta(runner))
@@ -155,6 +157,16 @@ def run_segments(inputs: list[str], *, runner: Runner, fmts: list[str], rules: A
                                   errors_as_records=errors_as_records)
     finally:
         runner.close()
+
+
+def progress_span(src: Any, start_ms: int | None, end_ms: int | None) -> tuple[float, float | None]:
+    """(first second, seconds to go through) of an input for its progress bar: from --start to --end
+    or the end of the audio; the length is None when it is not known (a live pipe)."""
+    info = getattr(src, "info", None)
+    duration = (info.audio_duration_ms or info.duration_ms) if info is not None else None
+    end = min(x for x in (end_ms, duration) if x) if (end_ms or duration) else None
+    first = start_ms or 0
+    return first / 1000, (max(1, end - first) / 1000 if end is not None else None)
 
 
 def runner_meta(runner: Runner) -> dict[str, Any]:
@@ -218,4 +230,5 @@ def command(
 
     meta = {"task": "transcribe", "language": language}
     return run_segments(inputs, runner=runner, fmts=fmts, rules=rules, output_dir=output_dir, fail_fast=fail_fast,
+                        span=(start_ms, end_ms),
                         task=task, meta=meta, skip_existing=skip_existing, errors_as_records=errors_as_records)

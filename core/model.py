@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import models_hub as _hub
 from .errors import ModelError
 from .gguf_meta import GGUFInfo, read_gguf
 
+# The one description of a missing model (every command, `models path`, Python callers).
 MODEL_HINT = (
-    "pass {model} PATH, set {model_env}, or set `model` in the config file; "
-    "get the model from ggml-org/gemma-4-12B-it-GGUF (gemma-4-12B-it-Q4_K_M.gguf + mmproj-gemma-4-12B-it-bf16.gguf)"
+    f"run: {{pull_command}}   to download the default, {_hub.DEFAULT_REPO} ({_hub.DEFAULT_MODEL_FILE} + "
+    f"{_hub.DEFAULT_MMPROJ_FILE}, {_hub.DEFAULT_SIZE_TEXT}); or pass {{model}} PATH (or set {{model_env}})"
 )
 
 VISION = "vision"

@@ -14,6 +14,7 @@ touches the network.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -111,14 +112,23 @@ def default_model_path() -> Path | None:
     return folder / DEFAULT_MODEL_FILE if all((folder / n).is_file() for n in DEFAULT_FILES) else None
 
 
-def local_models() -> list[FileStatus]:
-    """Every GGUF under models_dir(), plus the default pair whether present or not."""
+def local_models(configured: tuple[Path | None, Path | None] = (None, None)) -> list[FileStatus]:
+    """What `models list` shows: the configured model and projector (`configured`, what commands use
+    without a model argument), every GGUF under models_dir() (at its top and one folder down, where
+    pulls go, partial downloads included), and the default pair when it is here or nothing is
+    configured (then as missing, so the listing says what to pull)."""
     seen: dict[Path, FileStatus] = {}
-    for name in DEFAULT_FILES:
-        st = file_status(DEFAULT_REPO, name)
-        seen[st.path] = st
+    for path in configured:
+        if path is not None:
+            seen[path] = file_status_at(path)
+    if configured[0] is None or default_model_path() is not None:
+        for name in DEFAULT_FILES:
+            st = file_status(DEFAULT_REPO, name)
+            seen.setdefault(st.path, st)
     root = models_dir()
     if root.is_dir():
+        for path in sorted(root.glob("*.gguf")):
+            seen.setdefault(path, file_status_at(path))
         for folder in sorted(p for p in root.iterdir() if p.is_dir()):
             repo = _read_manifest(folder).get("repo") or folder.name.replace("--", "/", 1)
             names = {p.name for p in folder.glob("*.gguf")}
@@ -128,6 +138,52 @@ def local_models() -> list[FileStatus]:
                 if path not in seen:
                     seen[path] = file_status(repo, name)
     return list(seen.values())
+
+
+def file_status_at(path: Path) -> FileStatus:
+    """A GGUF outside the pulled repositories (configured, or put in the models folder by hand)."""
+    size = path.stat().st_size if path.is_file() else None
+    return FileStatus("-", path.name, path, size)
+
+
+def remove(name: str) -> list[Path]:
+    """Delete a model file of the models folder (a file name as `models list` shows it, or a path
+    inside the folder) and its unfinished downloads; the paths removed. UsageError for a name that
+    is not there (nothing outside the models folder is ever removed)."""
+    from .errors import UsageError
+
+    root = models_dir().absolute()
+    matches = [st for st in local_models() if _inside(st.path, root)
+               and (st.name == name or Path(st.path).absolute() == Path(name).expanduser().absolute())]
+    if not matches:
+        raise UsageError(name, f"no such model in {root}", "see what is there: {models_list_command}")
+    if len(matches) > 1:
+        raise UsageError(name, "is in several repositories: " + ", ".join(str(m.path) for m in matches),
+                         "give the path")
+    st = matches[0]
+    folder = st.path.parent
+    targets = [st.path] if st.path.is_file() else []
+    targets += sorted(folder.glob(f"{glob_escape(st.name)}.*.part"))
+    removed = []
+    for target in targets:
+        try:
+            target.unlink()
+        except OSError as exc:
+            raise GemmapipeError(str(target), f"cannot remove: {exc.strerror or exc}") from None
+        removed.append(target)
+    if folder != root and not any(folder.glob("*.gguf*")):
+        for leftover in (folder / MANIFEST, folder):
+            with contextlib.suppress(OSError):
+                leftover.unlink() if leftover.is_file() else leftover.rmdir()
+    return removed
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.absolute().relative_to(root)
+    except ValueError:
+        return False
+    return True
 
 
 def _sha256(path: Path) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +85,7 @@ class SessionConfig:
     timeout: float = 600.0
     retries: int = 4
     jobs: int = 1
-    verbose: bool = False
+    verbose: int = 0  # 1: the session's own account (info); 2: the engine's native log too
 
 
 EngineFactory = Callable[..., Engine]
@@ -124,6 +125,7 @@ class Session:
         self.succeeded = 0
         self._lock = threading.RLock()  # engine and model are shared by the -j workers
         self._turns: _Turns | None = None  # set while a batch runs concurrently
+        self.load_s = 0.0  # seconds spent loading engines (for the timing summary)
         self._tls = threading.local()  # .index: the input a worker thread is on
 
     # --- reporting ------------------------------------------------------------------------------
@@ -179,7 +181,7 @@ class Session:
             raise UsageError(None, "cannot be used with {server}", "the server applies the chat template",
                              parameter="no_template")
         config = RemoteConfig(url=c.server or "", api_key=c.api_key, model=c.server_model, timeout=c.timeout,
-                              retries=c.retries, max_concurrency=self.jobs, verbose=c.verbose, log=self.warn)
+                              retries=c.retries, max_concurrency=self.jobs, verbose=c.verbose >= 2, log=self.warn)
         engine = RemoteEngine(config, n_ctx=n_ctx)
         self.info(f"server {engine.url}, model {engine.model or '(server default)'}")
         return engine
@@ -222,17 +224,34 @@ class Session:
                               threads=c.threads, gpu_layers=c.gpu_layers, ctx_size=ctx,
                               image_min_tokens=lo or None, image_max_tokens=hi or None,
                               flash_attn=c.flash_attn, cache_type=c.cache_type, no_template=c.no_template,
-                              swa_full=swa_full, verbose=c.verbose)
-        self.info(f"loading {config.model.name} (n_ctx {ctx})")
+                              swa_full=swa_full, verbose=c.verbose >= 2)
+        proj = f" + {config.mmproj.name}" if config.mmproj else ""
+        self.info(f"loading {config.model.name}{proj} (n_ctx {ctx})")
         self.check_memory(pair, ctx, swa_full=swa_full)
+        t0 = time.perf_counter()
         if _ENGINE_FACTORY is not None:
             self._engine = _ENGINE_FACTORY(config, pair, n_ctx=ctx, max_image_tokens=hi)
         else:
             from .engine.local import LocalEngine
 
             self._engine = LocalEngine(config, pair, n_ctx=ctx, max_image_tokens=hi)
+        self.load_s += time.perf_counter() - t0
         self._engine_key = key
+        info = self._engine.describe()
+        extra = "".join(f", {k} {v}" for k, v in (("threads", info.threads), ("batch", info.n_batch)) if v)
+        self.info(f"loaded in {time.perf_counter() - t0:.2f} s: context {info.n_ctx} tokens{extra}")
         return self._engine
+
+    def timings(self) -> dict[str, float] | None:
+        """What the engine did over the run (None before one was loaded): load seconds, prompt tokens
+        (and how many were evaluated; the rest came from the KV cache), generated tokens, seconds."""
+        engine = self._engine
+        if engine is None:
+            return None
+        s = engine.stats
+        return {"load_s": self.load_s, "prompt_tokens": s.total_prompt_tokens,
+                "prompt_evaluated": s.total_prompt_evaluated, "prefill_s": s.total_prefill_s,
+                "generated": s.total_generated, "decode_s": s.total_decode_s}
 
     def check_memory(self, pair: ModelPair, n_ctx: int, *, swa_full: bool = False) -> None:
         """On the CPU, weights and KV cache live in RAM: refuse, with numbers, before loading."""

@@ -101,6 +101,23 @@ def test_diarize_exemplars_and_labels(tmp_path: Path, capsys: pytest.CaptureFixt
     assert all(label in opts.grammar for label in ('S1', 'S2', 'new'))
 
 
+def test_diarize_cut_off_answer_is_flagged_not_a_new_speaker(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           fake_engine: list) -> None:  # noqa: F811
+    """An answer cut by the token limit: the segment is flagged "truncated", keeps the text that was
+    written, and invents no speaker (no exemplar is added for it, and no S2 appears later)."""
+    wav = speech_file(tmp_path / "m.wav", [(0.5, 2.0), (3.0, 4.5), (6.0, 7.0)], 8.0)
+    fake_engine.replies = ['{"speaker": "new", "text": "hi"}', '{ "speaker" : "new", "text" : "hello wor',
+                           '{"speaker": "new", "text": "bye"}']
+    assert run(["diarize", "-f", "json", str(wav)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    segs = doc["segments"]
+    assert [(s["speaker"], s["text"], s["flags"]) for s in segs] == [
+        ("S1", "hi", []), (None, "hello wor", ["truncated"]), ("S2", "bye", [])]
+    third = fake_engine[0].requests[2][0]
+    assert len([p for p in third[0].parts if isinstance(p, Audio)]) == 2  # one exemplar (S1) + the clip
+    assert doc["meta"]["speakers"] == ["S1", "S2"]
+
+
 def test_diarize_score_without_extra_is_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                     fake_engine: list, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     monkeypatch.setitem(sys.modules, "pyannote.metrics", None)

@@ -142,7 +142,10 @@ def test_cli_diarize_tiny_is_valid(fmt: str, tiny_gemma4: tuple[Path, Path], tmp
         rows = [r.split() for r in out.splitlines()]
         assert rows and all(len(r) == 10 and r[0] == "SPEAKER" for r in rows)
     else:
-        assert all(s["speaker"] for s in json.loads(out)["segments"])
+        # a speaker for every segment, except one whose answer the token limit cut off (flagged, no
+        # speaker made up for it: the random tiny model rarely closes its JSON within 40 tokens)
+        segs = json.loads(out)["segments"]
+        assert segs and all(s["speaker"] or s["flags"] == ["truncated"] for s in segs)
 
 
 @pytest.mark.parametrize("fmt", ["txt", "json", "jsonl"])

@@ -81,9 +81,23 @@ class EngineStats:
     total_prompt_evaluated: int = 0
     total_generated: int = 0
     stop_reason: str = ""  # "eog" | "length" | "grammar"
+    # Summed over every request, whatever the engine (it sets the per-request fields above once per
+    # request, or resets them to 0 first): see __setattr__.
+    total_prompt_tokens: int = 0
+    total_prefill_s: float = 0.0
+    total_decode_s: float = 0.0
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SUMMED and value:
+            total = "total_" + name
+            object.__setattr__(self, total, getattr(self, total, 0) + value)
+        object.__setattr__(self, name, value)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+_SUMMED = frozenset({"prompt_tokens", "prefill_s", "decode_s"})
 
 
 @dataclass

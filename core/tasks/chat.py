@@ -21,9 +21,17 @@ MAX_AUDIO_S = 30
 
 
 def attachment_parts(spec: str, *, image_tokens: int = 280, frame_tokens: int = 70,
-                     warn: Callable[[str], None] | None = None) -> list[Part]:
+                     warn: Callable[[str], None] | None = None, name: str | None = None) -> list[Part]:
     """Decode an attachment (image, audio or video; a path or -) into engine parts; `warn` gets what
-    was worth a word but did not stop it (NaN samples replaced, a dropped audio track...)."""
+    was worth a word but did not stop it (NaN samples replaced, a dropped audio track...). `name`:
+    what to call it in messages when `spec` is a copy (stdin or a URL fetched to a spool)."""
+    if name is not None and name != spec:
+        try:
+            return attachment_parts(spec, image_tokens=image_tokens, frame_tokens=frame_tokens,
+                                    warn=(lambda m: warn(m.replace(spec, name))) if warn else None)
+        except GemmapipeError as exc:
+            exc.subject = exc.subject.replace(spec, name)
+            raise
     from ..media.source import open_input
 
     with open_input(spec, warn=warn) as src:
@@ -44,6 +52,84 @@ def attachment_parts(spec: str, *, image_tokens: int = 280, frame_tokens: int = 
         return unit_parts(build_timeline(src, VideoOptions(frame_tokens=frame_tokens)).units)
 
 
+FETCH_TIMEOUT_S = 30.0
+_CHUNK = 1 << 16
+
+
+@dataclass
+class Attachment:
+    """An attachment as the conversation keeps it: `path`, an absolute file to read it from (the file
+    given, or a copy of stdin or of a URL's content), `name` for messages, and `owned` when the
+    content exists only in that copy, so a saved session keeps the bytes beside itself."""
+
+    path: str
+    name: str
+    owned: bool = False
+
+
+def is_url(spec: str) -> bool:
+    return spec.lower().startswith(("http://", "https://"))
+
+
+def materialize(spec: str, *, stdin: Any = None, timeout: float = FETCH_TIMEOUT_S) -> Attachment:
+    """Turn an attachment as given into a file: a path becomes absolute; `-` (standard input) and an
+    http(s) URL are copied to a spool (capped at the spool limit, removed at exit). BadInput (exit 3)
+    for a URL that cannot be fetched or stdin that is closed."""
+    if spec == "-":
+        import sys
+
+        pipe = stdin if stdin is not None else getattr(sys.stdin, "buffer", None)
+        if pipe is None or getattr(pipe, "closed", False):
+            raise BadInput("<stdin>", "standard input is closed")
+        return Attachment(_spool(pipe, "<stdin>"), "<stdin>", owned=True)
+    if is_url(spec):
+        return Attachment(fetch_url(spec, timeout=timeout), spec, owned=True)
+    return Attachment(os.path.abspath(os.path.expanduser(spec)), spec)
+
+
+def _spool(stream: Any, name: str, *, declared: int | None = None) -> str:
+    from ..media.source import _SpoolFile, format_size
+
+    spool = _SpoolFile(name)
+    try:
+        if declared is not None and declared > spool.limit:
+            raise BadInput(name, f"is {format_size(declared)}, larger than the {format_size(spool.limit)} "
+                                 "spool limit", "save it to a file and pass its path, or raise {spool_max_env}")
+        while True:
+            data = stream.read(_CHUNK)
+            if not data:
+                break
+            spool.write(data)
+    except BaseException:
+        spool.remove()
+        raise
+    spool.close()
+    return spool.path
+
+
+def fetch_url(url: str, *, timeout: float = FETCH_TIMEOUT_S) -> str:
+    """Download `url` into a spool (as `llm` fetches attachments): at most the spool limit, `timeout`
+    seconds without data; the spool's path. BadInput naming the URL when it fails."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"User-Agent": "gemmapipe"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            length = response.headers.get("Content-Length")
+            declared = int(length) if length and length.isdigit() else None
+            return _spool(response, url, declared=declared)
+    except urllib.error.HTTPError as exc:
+        raise BadInput(url, f"cannot fetch: HTTP {exc.code} {exc.reason}") from None
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        raise BadInput(url, f"cannot fetch: {getattr(reason, 'strerror', None) or reason}") from None
+    except TimeoutError:
+        raise BadInput(url, f"cannot fetch: no data for {timeout:g} s") from None
+    except OSError as exc:
+        raise BadInput(url, f"cannot fetch: {exc.strerror or exc}") from None
+
+
 def n_ctx_for(parts: list[Part], options: GenerateOptions, tools: Toolbox | None = None) -> int:
     """The context a chat turn asks for: its media, the answer, and room for the conversation
     (with tools: their declarations, and a step of calls and results for each of the chain)."""
@@ -59,7 +145,8 @@ def n_ctx_for(parts: list[Part], options: GenerateOptions, tools: Toolbox | None
 class ChatSession:
     system: str | None = None
     messages: list[Message] = field(default_factory=list)
-    attachments: list[list[str]] = field(default_factory=list)  # per user turn, for saving
+    attachments: list[list[str]] = field(default_factory=list)  # per user turn: absolute paths, for saving
+    owned: set[str] = field(default_factory=set)  # attachment files whose bytes a saved session keeps
     tools: Toolbox | None = None  # tools the model may call in every turn (see run_tools)
     warn: Callable[[str], None] | None = None  # what was worth a word but did not stop a turn
 
@@ -68,53 +155,119 @@ class ChatSession:
         return head + self.messages
 
     def ask(self, engine: Engine, prompt: str, parts: list[Part], options: GenerateOptions,
-            attachment_specs: list[str] | None = None) -> Iterator[str]:
-        """Stream the answer; the turn is recorded once the stream is exhausted. With `tools`, the
-        model's calls are run and their results given back to it until it answers without calling
-        (see run_tools); the text of every step streams out in order."""
+            attachments: list[str] | list[Attachment] | None = None) -> Iterator[str]:
+        """Stream the answer; the turn is recorded once the stream is exhausted.
+
+        Interrupted (KeyboardInterrupt, or the stream closed early) after some text: the turn is kept
+        with the part that was generated, which is also what the engine's KV cache holds; before any
+        text, or on an error: the turn is dropped. With a JSON schema (`options.json_schema`) an
+        answer that is not valid JSON (cut off by `max_tokens`) is an error and is not kept."""
+        specs = [a.path if isinstance(a, Attachment) else a for a in attachments or []]
+        self.owned |= {a.path for a in attachments or [] if isinstance(a, Attachment) and a.owned}
         n_before = len(self.messages)
         self.messages.append(Message("user", [*parts, Text(prompt)]))
-        self.attachments.append(list(attachment_specs or []))
-        try:
-            if self.tools is not None and self.tools.tools:
+        self.attachments.append(specs)
+        if self.tools is not None and self.tools.tools:
+            # The model's calls are run and their results given back until it answers without
+            # calling (run_tools); the text of every step streams out in order.
+            try:
                 yield from run_tools(engine, self.conversation, self.messages, options, self.tools, warn=self.warn)
-                return
-            pieces: list[str] = []
-            for piece in engine.generate(self.conversation(), options):
+            except BaseException:
+                del self.messages[n_before:]
+                self.attachments.pop()
+                raise
+            return
+        pieces: list[str] = []
+        stream = engine.generate(self.conversation(), options)
+        try:
+            for piece in stream:
                 pieces.append(piece)
                 yield piece
+            if options.json_schema is not None:
+                from ..engine.grammar import parse_json_output
+
+                parse_json_output("".join(pieces).strip())
+        except (KeyboardInterrupt, GeneratorExit):
+            _close(stream)
+            if pieces:
+                self.messages.append(Message("assistant", [Text("".join(pieces))]))
+            else:
+                self._drop_turn()
+            raise
         except BaseException:
-            del self.messages[n_before:]
-            self.attachments.pop()
+            _close(stream)
+            self._drop_turn()
             raise
         self.messages.append(Message("assistant", [Text("".join(pieces))]))
+
+    def _drop_turn(self) -> None:
+        self.messages.pop()
+        self.attachments.pop()
 
     def reset(self) -> None:
         self.messages.clear()
         self.attachments.clear()
 
+    @property
+    def turns(self) -> int:
+        return sum(1 for m in self.messages if m.role == "user")
+
     # --- persistence (--continue / --session / /save) ---------------------------------------------
-    def to_json(self) -> dict[str, Any]:
-        """User turns and answers. The tool calls of a turn and their results are not kept: the
-        texts of its steps are one answer."""
+    def to_json(self, files: dict[str, str] | None = None) -> dict[str, Any]:
+        """The conversation as plain data; `files` maps an attachment path to what the file says
+        instead (the copy kept beside a saved session, relative to it)."""
+        files = files or {}
         turns: list[dict[str, Any]] = []
         user_i = 0
         for m in self.messages:
-            if m.role == "tool":
+            if m.role == "tool":  # a turn's tool calls and results are not kept: its texts are one answer
                 continue
-            text = m.text
+            text = "".join(p.text for p in m.parts if isinstance(p, Text))
             if m.role == "assistant" and turns and turns[-1]["role"] == "assistant":
                 turns[-1]["text"] += text
                 continue
             turn: dict[str, Any] = {"role": m.role, "text": text}
             if m.role == "user":
-                turn["attachments"] = self.attachments[user_i] if user_i < len(self.attachments) else []
+                specs = self.attachments[user_i] if user_i < len(self.attachments) else []
+                turn["attachments"] = [files.get(a, a) for a in specs]
                 user_i += 1
             turns.append(turn)
         return {"system": self.system, "turns": turns}
 
+    def _keep_files(self, path: Path) -> dict[str, str]:
+        """Copy the bytes of owned attachments (stdin, URLs) into `<stem>.files/` beside `path`, named
+        by content; {attachment path: the copy's path relative to `path`'s folder}."""
+        import shutil
+
+        from ..hashing import sha256_file
+
+        specs = {a for turn in self.attachments for a in turn if a in self.owned}
+        if not specs:
+            return {}
+        folder = path.parent / f"{path.stem}.files"
+        mapping: dict[str, str] = {}
+        for spec in sorted(specs):
+            try:
+                name = sha256_file(Path(spec))[:16]
+                target = folder / name
+                if Path(spec).resolve() != target.resolve() and not target.is_file():
+                    folder.mkdir(exist_ok=True)
+                    tmp = folder / (name + ".part")
+                    shutil.copyfile(spec, tmp)
+                    tmp.replace(target)
+            except OSError as exc:
+                raise GemmapipeError(f"session {path}", f"cannot keep the attachment {spec}: "
+                                                       f"{exc.strerror or exc}") from None
+            mapping[spec] = f"{folder.name}/{name}"
+        # From now on the conversation reads them from the kept copy (the spool goes at exit).
+        absolute = {spec: str(path.parent.absolute() / rel) for spec, rel in mapping.items()}
+        self.attachments = [[absolute.get(a, a) for a in turn] for turn in self.attachments]
+        self.owned = (self.owned - set(absolute)) | set(absolute.values())
+        return {absolute[spec]: rel for spec, rel in mapping.items()}
+
     def save(self, path: Path, *, make_dirs: bool = False) -> None:
-        """Write the conversation atomically (a temporary file renamed into place). `make_dirs`: create
+        """Write the conversation atomically (a temporary file renamed into place), the bytes of
+        attachments that came from stdin or a URL beside it in `<stem>.files/`. `make_dirs`: create
         the missing folders (the session store); otherwise the folder must exist (`/save FILE`).
         GemmapipeError (exit 1) naming the file when it cannot be written."""
         where = f"session {path}"
@@ -127,9 +280,10 @@ class ChatSession:
                 raise GemmapipeError(where, f"no such directory: {path.parent}")
         except OSError as exc:
             raise GemmapipeError(where, f"cannot create its folder: {exc.strerror or exc}") from None
+        files = self._keep_files(path)
         tmp = path.with_name(path.name + ".part")
         try:
-            tmp.write_text(json.dumps(self.to_json(), ensure_ascii=False, indent=1), encoding="utf-8")
+            tmp.write_text(json.dumps(self.to_json(files), ensure_ascii=False, indent=1), encoding="utf-8")
             tmp.replace(path)
         except OSError as exc:
             with contextlib.suppress(OSError):
@@ -151,29 +305,50 @@ class ChatSession:
         if path.is_dir():
             raise GemmapipeError(f"session {path}", "is a directory")
 
-    @classmethod
-    def load(cls, path: Path, **attach_kw: Any) -> ChatSession:
+    @staticmethod
+    def read(path: Path) -> dict[str, Any] | None:
+        """A saved session as plain data (checked), None when there is no such file; UsageError for
+        a file that is not one."""
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return cls()
+            return None
         except UnicodeDecodeError:
             raise UsageError(f"session {path}", "cannot read: not UTF-8 text") from None
         except OSError as exc:
             raise UsageError(f"session {path}", f"cannot read: {exc.strerror or exc}") from None
         except ValueError as exc:
             raise UsageError(f"session {path}", f"not valid JSON: {exc}") from None
-        turns = _session_turns(data)
-        if turns is None:
+        if _session_turns(data) is None:
             raise UsageError(f"session {path}", "not a gemmapipe session",
                              'expected {"system": ..., "turns": [{"role": "user" or "assistant", "text": ...}]}')
+        return data
+
+    @classmethod
+    def load(cls, path: Path, **attach_kw: Any) -> ChatSession:
+        """The session saved at `path` (a new one when there is none). Attachments are read again
+        from their files: absolute paths as saved, relative ones (kept copies) beside the session file
+        (or, in files written before paths were absolute, from the current folder)."""
+        data = cls.read(path)
+        if data is None:
+            return cls()
         session = cls(system=data.get("system"))
-        for turn in turns:
+        folder = path.parent.absolute()
+        for turn in data["turns"]:
             if turn["role"] == "user":
-                specs = [s for s in turn.get("attachments", []) if s != "-"]
+                specs: list[str] = []
                 parts: list[Part] = []
-                for spec in specs:
-                    parts += attachment_parts(spec, **attach_kw)
+                for spec in turn.get("attachments", []):
+                    if spec == "-":  # written by versions that did not keep stdin's bytes
+                        continue
+                    full = spec
+                    if not os.path.isabs(spec):
+                        beside = folder / spec
+                        full = str(beside) if beside.exists() else os.path.abspath(spec)
+                        if beside.exists() and beside.parent.name.endswith(".files"):
+                            session.owned.add(full)
+                    parts += attachment_parts(full, **attach_kw)
+                    specs.append(full)
                 session.messages.append(Message("user", [*parts, Text(turn["text"])]))
                 session.attachments.append(specs)
             else:
@@ -229,6 +404,28 @@ def run_tools(engine: Engine, conversation: Callable[[], list[Message]], message
                 result = toolbox.run(call)
             messages.append(Message.tool(result))
         final = over
+
+
+def _close(stream: Any) -> None:
+    with contextlib.suppress(Exception):
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+
+
+def session_summary(path: Path) -> dict[str, Any]:
+    """What a listing shows of a saved session: name, modification time, user turns, first prompt.
+    A file that is not a session has `error` instead."""
+    st = path.stat()
+    out: dict[str, Any] = {"name": path.stem, "path": str(path), "mtime": st.st_mtime}
+    try:
+        data = ChatSession.read(path)
+    except GemmapipeError as exc:
+        return {**out, "error": exc.reason}
+    turns = [t for t in (data or {}).get("turns", []) if t["role"] == "user"]
+    out["turns"] = len(turns)
+    out["first"] = turns[0]["text"] if turns else ""
+    return out
 
 
 def _session_turns(data: Any) -> list[dict[str, Any]] | None:

@@ -9,6 +9,7 @@ constrained by a JSON-schema grammar to {"speaker": "S1" | ... | "new", "text": 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -90,23 +91,54 @@ def iter_turns(clips: Iterator[Any], engine_for: Callable[[], Engine], options: 
         gen = GenerateOptions(**{**options.generate.__dict__, "grammar": schema_to_grammar(schema),
                                  "json_schema": schema})
         raw = "".join(engine.generate(clip_prompt(exemplars, clip.samples, options), gen))
-        try:
-            answer = json.loads(raw)
-            who, text = str(answer.get("speaker", "new")), str(answer.get("text", ""))
-        except (json.JSONDecodeError, AttributeError):
-            who, text = "new", raw  # only when generation was cut before the JSON closed
-        if who.startswith("S") and who[1:].isdigit() and 0 < int(who[1:]) <= len(exemplars):
+        who, text, truncated = read_answer(raw)
+        flags = ["truncated"] if truncated else []
+        index: int | None
+        if who is not None and who.startswith("S") and who[1:].isdigit() and 0 < int(who[1:]) <= len(exemplars):
             index = int(who[1:]) - 1
+        elif truncated:
+            index = None  # a cut-off answer never makes up a speaker
         elif can_add:
             exemplars.append(clip.samples[: int(EXEMPLAR_S * SAMPLE_RATE)].copy())
             index = len(exemplars) - 1
         else:
             index = len(exemplars) - 1
         text, looped = cut_repetition(" ".join(text.split()))
+        if looped:
+            flags.append("repetition")
         if on_progress:
             on_progress(clip.end)
         yield Segment(start_ms=clip.start * 1000 // SAMPLE_RATE, end_ms=clip.end * 1000 // SAMPLE_RATE,
-                      text=text, speaker=label(index, options), flags=["repetition"] if looped else [])
+                      text=text, speaker=None if index is None else label(index, options), flags=flags)
+
+
+_FIELD = r'"{}"\s*:\s*"((?:[^"\\]|\\.)*)'
+
+
+def read_answer(raw: str) -> tuple[str | None, str, bool]:
+    """(speaker, text, truncated) from the model's JSON answer. An answer cut off before its JSON
+    closed (the token limit) is `truncated`: the speaker only if its value was complete, and as much
+    of the text as was written (none when it had not started)."""
+    try:
+        answer = json.loads(raw)
+    except json.JSONDecodeError:
+        answer = None
+    if isinstance(answer, dict):
+        return str(answer.get("speaker", "new")), str(answer.get("text", "")), False
+    speaker = re.search(_FIELD.format("speaker") + '"', raw)
+    text = re.search(_FIELD.format("text"), raw)
+    return (_json_string(speaker.group(1)) if speaker else None,
+            _json_string(text.group(1)) if text else "", True)
+
+
+def _json_string(body: str) -> str:
+    """The value of a JSON string's body, even one cut in the middle of an escape."""
+    for cut in range(min(6, len(body)) + 1):
+        try:
+            return str(json.loads('"' + body[: len(body) - cut] + '"'))
+        except json.JSONDecodeError:
+            continue
+    return ""
 
 
 def diarize(source: Source, engine_for: Callable[[], Engine], options: DiarizeOptions, *,
