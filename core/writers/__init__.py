@@ -53,10 +53,13 @@ def _lookup(table: dict[str, Any], fmt: str, what: str) -> Any:
         ) from None
 
 
-def get_writer(fmt: str, out: TextIO, **kw: Any) -> SegmentWriter:
-    """A transcript writer for `fmt` (a key of FORMATS) over `out`; kw: with_file, and speakers for tsv."""
+def get_writer(fmt: str, out: TextIO, *, bilingual: bool = False, **kw: Any) -> SegmentWriter:
+    """A transcript writer for `fmt` (a key of FORMATS) over `out`; kw: with_file, and speakers for tsv.
+    `bilingual`: translated segments show their text and their translation (txt, srt, vtt)."""
     cls: type[SegmentWriter] = _lookup(FORMATS, fmt, "transcript")
-    return cls(out, **kw)
+    writer = cls(out, **kw)
+    writer.bilingual = bilingual
+    return writer
 
 
 def get_description_writer(fmt: str, out: TextIO, **kw: Any) -> DescriptionWriter:

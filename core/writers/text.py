@@ -32,7 +32,7 @@ class TxtWriter(SegmentWriter):
         super().begin(file, meta)
 
     def segment(self, seg: Segment) -> None:
-        text = one_line(seg.text)
+        text = "\n".join(one_line(t) for t in self.texts(seg))
         if seg.speaker is not None:
             stamp = format_timestamp(seg.start_ms, millis=False)
             text = f"[{stamp}] {one_line(seg.speaker)}: {text}"
@@ -58,7 +58,7 @@ class _SubtitleWriter(SegmentWriter):
         self.index = 0
 
     def cue_payload(self, seg: Segment) -> str:
-        text = cue_text(seg.text)
+        text = cue_text("\n".join(self.texts(seg)))
         if not text:
             return ""
         if seg.speaker is not None:
@@ -148,7 +148,7 @@ class TsvWriter(SegmentWriter):
     def segment(self, seg: Segment) -> None:
         if not self.header_written:
             self._header(seg)
-        text = one_line(seg.text)
+        text = one_line(self.texts(seg)[-1])  # one text column: the translation, when there is one
         speaker = None if seg.speaker is None else one_line(seg.speaker)
         if speaker is not None and not self.speakers:
             text = f"[{speaker}] {text}"
