@@ -35,13 +35,11 @@ def check_vad(vad: str) -> str:
     return vad
 
 
-def parse_language(ctx: typer.Context, param: Any, value: str | None) -> str | None:
-    """-l/--language at parse time (flag or config file): an ISO 639-1 code or a name -> the English
-    name the prompt needs; `auto` -> detect; anything else is a usage error with a hint."""
+def _language(value: str, flag: str, *, auto: bool) -> str:
+    """An ISO 639-1 code or a name -> the English name the prompt needs; anything else is a usage
+    error with a hint."""
     from gemmapipe.core import languages
 
-    if value is None or ctx.resilient_parsing or languages.is_auto(value):
-        return None
     name = languages.language_name(value)
     if name is not None:
         return name
@@ -49,8 +47,24 @@ def parse_language(ctx: typer.Context, param: Any, value: str | None) -> str | N
 
     guess = languages.closest(value)
     hint = f"did you mean {guess} ({languages.code_of(guess)})?" if guess else \
-        "give an ISO 639-1 code or an English name (en, English, de, German), or auto to detect"
-    raise UsageError("--language", f"unknown language {value!r}", hint)
+        "give an ISO 639-1 code or an English name (en, English, de, German)" + (", or auto to detect" if auto else "")
+    raise UsageError(flag, f"unknown language {value!r}", hint)
+
+
+def parse_language(ctx: typer.Context, param: Any, value: str | None) -> str | None:
+    """-l/--language at parse time (flag or config file): a language -> its English name; `auto` -> detect."""
+    from gemmapipe.core import languages
+
+    if value is None or ctx.resilient_parsing or languages.is_auto(value):
+        return None
+    return _language(value, "--language", auto=True)
+
+
+def parse_target(ctx: typer.Context, param: Any, value: str | None) -> str | None:
+    """--translate at parse time: the language to translate into, as its English name (any of -l's)."""
+    if value is None or ctx.resilient_parsing:
+        return None
+    return _language(value, "--translate", auto=False)
 
 
 def complete_language(incomplete: str) -> list[tuple[str, str]]:
@@ -63,9 +77,13 @@ LANGUAGE_OPTION = {"metavar": "LANG", "callback": parse_language, "autocompletio
                    "show_default": False}
 
 
+def complete_target(incomplete: str) -> list[tuple[str, str]]:
+    return [pair for pair in complete_language(incomplete) if pair[0] != "auto"]
+
+
 def run_segments(inputs: list[str], *, runner: Runner, fmt: str | None, formats: list[str], output_dir: Path | None,
                  fail_fast: bool, task: Callable[..., Any], meta: dict[str, Any], skip_existing: bool = False,
-                 errors_as_records: bool = False) -> int:
+                 errors_as_records: bool = False, bilingual: bool = False) -> int:
     """Shared by transcribe and diarize: one writer per stream (or per file with --output-dir)."""
     from gemmapipe.core.media.source import open_input
     from gemmapipe.core.writers import get_writer
@@ -88,7 +106,8 @@ def run_segments(inputs: list[str], *, runner: Runner, fmt: str | None, formats:
             out.end(src.name, info)
 
     try:
-        return runner.write_batch(inputs, process, make_writer=lambda out, **kw: get_writer(fmt, out, **kw), ext=fmt,
+        return runner.write_batch(inputs, process, ext=fmt,
+                                  make_writer=lambda out, **kw: get_writer(fmt, out, bilingual=bilingual, **kw),
                                   output_dir=output_dir, fail_fast=fail_fast, skip_existing=skip_existing,
                                   errors_as_records=errors_as_records)
     finally:
@@ -110,6 +129,13 @@ def command(
     language: Annotated[str | None, typer.Option("-l", "--language", **LANGUAGE_OPTION,
                                                  help="Spoken language: an ISO 639-1 code or a name, e.g. de or "
                                                       "German (default: detect).")] = None,
+    translate: Annotated[str | None, typer.Option(
+        "--translate", metavar="LANG", callback=parse_target, autocompletion=complete_target, show_default=False,
+        help="Also translate the speech into this language (a code or a name, as for -l): txt, srt and vtt "
+             "show the translation, json and jsonl carry text and translation.")] = None,
+    bilingual: Annotated[bool, typer.Option(
+        "--bilingual", rich_help_panel=OUTPUT_PANEL,
+        help="With --translate: txt, srt and vtt show the transcription and, below it, the translation.")] = False,
     prompt: Annotated[str | None, typer.Option("--prompt", show_default=False,
                                                help="Context or vocabulary to help the model.")] = None,
     start: Annotated[str | None, typer.Option("--start", show_default=False, metavar="TIME",
@@ -134,19 +160,27 @@ def command(
     if fmt is not None and fmt not in FORMATS:
         raise UsageError("--format", f"unknown format {fmt!r}", f"choose one of {', '.join(FORMATS)}")
     check_vad(vad)
+    if bilingual and not translate:
+        raise UsageError("--bilingual", "needs --translate LANG", "e.g. --translate en --bilingual")
     start_ms, end_ms = parse_time_ms(start, what="--start"), parse_time_ms(end, what="--end")
     runner = Runner(common, needs={"audio"}, command="transcribe")
-    from gemmapipe.core.tasks.transcribe import TranscribeOptions, n_ctx_for, transcribe
+    from gemmapipe.core.tasks.transcribe import TRANSLATE_MAX_TOKENS, TranscribeOptions, n_ctx_for, transcribe
 
-    options = TranscribeOptions(language=language, prompt=prompt, start_ms=start_ms, end_ms=end_ms, vad=vad,
-                                generate=runner.generate_options(320), jobs=runner.jobs)
+    options = TranscribeOptions(language=language, translate=translate, prompt=prompt, start_ms=start_ms,
+                                end_ms=end_ms, vad=vad, jobs=runner.jobs,
+                                generate=runner.generate_options(TRANSLATE_MAX_TOKENS if translate else 320))
     if dry_run:
         return runner.dry_run(inputs, n_ctx=n_ctx_for(options), want_audio=True, want_frames=False,
                               start_ms=start_ms, end_ms=end_ms, vad=vad, max_clip_s=options.max_clip_s)
     engine_for = lambda: runner.engine(n_ctx=n_ctx_for(options))  # noqa: E731
     def task(src: Any, **kw: Any) -> Any:
-        return transcribe(src, engine_for, options, **kw)
+        def spoken(name: str | None) -> None:
+            runner.info(f"{src.name}: spoken language: {name}" if name else
+                        f"{src.name}: the model could not tell the spoken language")
 
-    meta = {"task": "transcribe", "language": language}
+        return transcribe(src, engine_for, options, on_language=spoken, **kw)
+
+    meta: dict[str, Any] = {"task": "transcribe", "language": language}
     return run_segments(inputs, runner=runner, fmt=fmt, formats=FORMATS, output_dir=output_dir, fail_fast=fail_fast,
-                        task=task, meta=meta, skip_existing=skip_existing, errors_as_records=errors_as_records)
+                        task=task, meta=meta, skip_existing=skip_existing, errors_as_records=errors_as_records,
+                        bilingual=bilingual)
