@@ -131,7 +131,7 @@ def command(
                                                       "German (default: detect).")] = None,
     translate: Annotated[str | None, typer.Option(
         "--translate", metavar="LANG", callback=parse_target, autocompletion=complete_target, show_default=False,
-        help="Also translate the speech into this language (a code or a name, as for -l): txt, srt and vtt "
+        help="Also translate the speech into this language (a code or a name, as for -l): txt, srt, vtt and tsv "
              "show the translation, json and jsonl carry text and translation.")] = None,
     bilingual: Annotated[bool, typer.Option(
         "--bilingual", rich_help_panel=OUTPUT_PANEL,
