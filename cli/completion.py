@@ -22,7 +22,7 @@ SHELLS = ("bash", "zsh", "fish")
 
 # Parameters whose values are paths although they are typed `str` (`-` means stdin or stdout);
 # Path-typed ones (-m, --mmproj, --score) are found by their type (Typer's Path completes nothing).
-FILE_PARAMS = {"inputs", "input", "output", "files_from", "attach"}
+FILE_PARAMS = {"inputs", "input", "output", "files_from", "attach", "lora"}
 DIR_PARAMS = {"output_dir"}
 
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")

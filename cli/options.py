@@ -31,6 +31,17 @@ class FiniteFloat(click_types.FloatRange):
         return super().convert(number, param, ctx)
 
 
+def _check_lora(ctx: typer.Context, param: Any, value: list[str] | None) -> list[str] | None:
+    """--lora FILE[:SCALE] at parse time (flag or config file): a scale that is not a finite number
+    is a usage error before anything runs."""
+    if value and not ctx.resilient_parsing:
+        from gemmapipe.core.lora import parse_lora
+
+        for spec in value:
+            parse_lora(spec)
+    return value
+
+
 MODEL_PANEL = "Model"
 OUTPUT_PANEL = "Output"
 SERVER_PANEL = "Server"
@@ -49,6 +60,7 @@ class Common:
     no_template: bool = False
     flash_attn: str = "auto"
     cache_type: str = "f16"
+    lora: list[str] | None = None
     output: str = "-"
     quiet: bool = False
     verbose: int = 0  # -v: gemmapipe's account; -vv: llama.cpp's log too
@@ -97,6 +109,9 @@ _SPEC: dict[str, tuple[Any, Any]] = {
     "cache_type": (Annotated[Literal["f16", "q8_0", "q4_0", "f32"], typer.Option(
         "--cache-type", rich_help_panel=MODEL_PANEL, metavar="TYPE",
         autocompletion=choices(["f16", "q8_0", "q4_0", "f32"]), help="KV cache type: f16, q8_0, q4_0 or f32.")], "f16"),
+    "lora": (Annotated[list[str] | None, typer.Option(
+        "--lora", rich_help_panel=MODEL_PANEL, metavar="FILE[:SCALE]", show_default=False, callback=_check_lora,
+        help="Apply a LoRA adapter GGUF to the text decoder, scaled (default 1); repeatable.")], None),
     "output": (Annotated[str, typer.Option(
         "-o", "--output", rich_help_panel=OUTPUT_PANEL, metavar="FILE",
         help="Write here ('-' = stdout). Files are written whole or not at all.")], "-"),

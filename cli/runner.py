@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from gemmapipe.core.engine.base import LoraAdapter
 from gemmapipe.core.errors import GemmapipeError, UsageError
 from gemmapipe.core.session import Session, SessionConfig, ensure_output_dir, output_path_for
 
@@ -143,7 +144,13 @@ def session_config(common: Common) -> SessionConfig:
                          no_template=common.no_template, flash_attn=common.flash_attn, cache_type=common.cache_type,
                          output=common.output, server=common.server, api_key=common.api_key,
                          server_model=common.server_model, timeout=common.timeout, retries=common.retries,
-                         jobs=common.jobs, verbose=common.verbose)
+                         jobs=common.jobs, verbose=common.verbose, lora=lora_adapters(common.lora))
+
+
+def lora_adapters(specs: list[str] | None) -> tuple[LoraAdapter, ...]:
+    from gemmapipe.core.lora import parse_lora
+
+    return tuple(parse_lora(spec) for spec in specs or ())
 
 
 class Runner(Session):

@@ -35,13 +35,11 @@ def check_vad(vad: str) -> str:
     return vad
 
 
-def parse_language(ctx: typer.Context, param: Any, value: str | None) -> str | None:
-    """-l/--language at parse time (flag or config file): an ISO 639-1 code or a name -> the English
-    name the prompt needs; `auto` -> detect; anything else is a usage error with a hint."""
+def _language(value: str, flag: str, *, auto: bool) -> str:
+    """An ISO 639-1 code or a name -> the English name the prompt needs; anything else is a usage
+    error with a hint."""
     from gemmapipe.core import languages
 
-    if value is None or ctx.resilient_parsing or languages.is_auto(value):
-        return None
     name = languages.language_name(value)
     if name is not None:
         return name
@@ -49,8 +47,24 @@ def parse_language(ctx: typer.Context, param: Any, value: str | None) -> str | N
 
     guess = languages.closest(value)
     hint = f"did you mean {guess} ({languages.code_of(guess)})?" if guess else \
-        "give an ISO 639-1 code or an English name (en, English, de, German), or auto to detect"
-    raise UsageError("--language", f"unknown language {value!r}", hint)
+        "give an ISO 639-1 code or an English name (en, English, de, German)" + (", or auto to detect" if auto else "")
+    raise UsageError(flag, f"unknown language {value!r}", hint)
+
+
+def parse_language(ctx: typer.Context, param: Any, value: str | None) -> str | None:
+    """-l/--language at parse time (flag or config file): a language -> its English name; `auto` -> detect."""
+    from gemmapipe.core import languages
+
+    if value is None or ctx.resilient_parsing or languages.is_auto(value):
+        return None
+    return _language(value, "--language", auto=True)
+
+
+def parse_target(ctx: typer.Context, param: Any, value: str | None) -> str | None:
+    """--translate at parse time: the language to translate into, as its English name (any of -l's)."""
+    if value is None or ctx.resilient_parsing:
+        return None
+    return _language(value, "--translate", auto=False)
 
 
 def complete_language(incomplete: str) -> list[tuple[str, str]]:
@@ -121,9 +135,14 @@ def wants_cues(fmts: list[str]) -> bool:
     return bool(SUBTITLE_FORMATS.intersection(fmts))
 
 
+def complete_target(incomplete: str) -> list[tuple[str, str]]:
+    return [pair for pair in complete_language(incomplete) if pair[0] != "auto"]
+
+
 def run_segments(inputs: list[str], *, runner: Runner, fmts: list[str], rules: Any, output_dir: Path | None,
                  fail_fast: bool, task: Callable[..., Any], meta: dict[str, Any], skip_existing: bool = False,
-                 errors_as_records: bool = False, span: tuple[int | None, int | None] = (None, None)) -> int:
+                 errors_as_records: bool = False, span: tuple[int | None, int | None] = (None, None),
+                 bilingual: bool = False) -> int:
     """Shared by transcribe and diarize: one writer per stream (or per file with --output-dir); with
     several formats one file per input and format, all written from the same segments."""
     from gemmapipe.core.audio_format import SAMPLE_RATE
@@ -149,7 +168,7 @@ def run_segments(inputs: list[str], *, runner: Runner, fmts: list[str], rules: A
             out.end(src.name, info)
 
     def make_writer(out: Any, *, fmt: str = fmts[0], **kw: Any) -> Any:
-        return get_writer(fmt, out, rules=rules, **kw)
+        return get_writer(fmt, out, rules=rules, bilingual=bilingual, **kw)
 
     try:
         return runner.write_batch(inputs, process, make_writer=make_writer, ext=ext, output_dir=output_dir,
@@ -185,6 +204,13 @@ def command(
     language: Annotated[str | None, typer.Option("-l", "--language", **LANGUAGE_OPTION,
                                                  help="Spoken language: an ISO 639-1 code or a name, e.g. de or "
                                                       "German (default: detect).")] = None,
+    translate: Annotated[str | None, typer.Option(
+        "--translate", metavar="LANG", callback=parse_target, autocompletion=complete_target, show_default=False,
+        help="Also translate the speech into this language (a code or a name, as for -l): txt, srt, vtt and tsv "
+             "show the translation, json and jsonl carry text and translation.")] = None,
+    bilingual: Annotated[bool, typer.Option(
+        "--bilingual", rich_help_panel=OUTPUT_PANEL,
+        help="With --translate: txt, srt and vtt show the transcription and, below it, the translation.")] = False,
     prompt: Annotated[str | None, typer.Option("--prompt", show_default=False,
                                                help="Context or vocabulary to help the model.")] = None,
     start: Annotated[str | None, typer.Option("--start", show_default=False, metavar="TIME",
@@ -204,19 +230,23 @@ def command(
     *,
     common: Common,
 ) -> int:
+    from gemmapipe.core.errors import UsageError
     from gemmapipe.core.timefmt import parse_time_ms
 
     inputs = [*(inputs or []), *read_files_from(files_from)]
     parse_formats(fmt, FORMATS)
     check_vad(vad)
+    if bilingual and not translate:
+        raise UsageError("--bilingual", "needs --translate LANG", "e.g. --translate en --bilingual")
     start_ms, end_ms = parse_time_ms(start, what="--start"), parse_time_ms(end, what="--end")
     runner = Runner(common, needs={"audio"}, command="transcribe")
     from gemmapipe.core.tasks.segment import CUE_MAX_CLIP_S, CUE_MIN_SILENCE_MS
-    from gemmapipe.core.tasks.transcribe import TranscribeOptions, n_ctx_for, transcribe
+    from gemmapipe.core.tasks.transcribe import TRANSLATE_MAX_TOKENS, TranscribeOptions, n_ctx_for, transcribe
 
     fmts = plan_formats(runner, fmt, FORMATS, inputs, output_dir=output_dir, dry_run=dry_run)
-    options = TranscribeOptions(language=language, prompt=prompt, start_ms=start_ms, end_ms=end_ms, vad=vad,
-                                generate=runner.generate_options(320), jobs=runner.jobs)
+    options = TranscribeOptions(language=language, translate=translate, prompt=prompt, start_ms=start_ms,
+                                end_ms=end_ms, vad=vad, jobs=runner.jobs,
+                                generate=runner.generate_options(TRANSLATE_MAX_TOKENS if translate else 320))
     if wants_cues(fmts):  # clips cut at shorter pauses: each a natural cue or two, times from the audio
         options.max_clip_s, options.min_silence_ms = CUE_MAX_CLIP_S, CUE_MIN_SILENCE_MS
     if dry_run:
@@ -226,9 +256,13 @@ def command(
     rules = cue_rules(runner, fmts, max_line_width, max_line_count)
     engine_for = lambda: runner.engine(n_ctx=n_ctx_for(options))  # noqa: E731
     def task(src: Any, **kw: Any) -> Any:
-        return transcribe(src, engine_for, options, **kw)
+        def spoken(name: str | None) -> None:
+            runner.info(f"{src.name}: spoken language: {name}" if name else
+                        f"{src.name}: the model could not tell the spoken language")
 
-    meta = {"task": "transcribe", "language": language}
+        return transcribe(src, engine_for, options, on_language=spoken, **kw)
+
+    meta: dict[str, Any] = {"task": "transcribe", "language": language}
     return run_segments(inputs, runner=runner, fmts=fmts, rules=rules, output_dir=output_dir, fail_fast=fail_fast,
-                        span=(start_ms, end_ms),
+                        span=(start_ms, end_ms), bilingual=bilingual,
                         task=task, meta=meta, skip_existing=skip_existing, errors_as_records=errors_as_records)

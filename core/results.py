@@ -17,6 +17,19 @@ class Segment:
     text: str
     speaker: str | None = None
     flags: list[str] = field(default_factory=list)  # e.g. "repetition" when a loop was cut
+    # The speech translated (transcribe with a target language); None when nothing was translated.
+    translation: str | None = None
+
+
+def display_texts(seg: Segment, *, bilingual: bool = False) -> list[str]:
+    """What a text format shows for a segment, one entry per line: its text; when it was translated,
+    the translation instead (the text where the translation came out empty), or with `bilingual` the
+    text then the translation. Every writer picks a segment's text here."""
+    if not seg.translation:  # not translated, or the model gave no translation
+        return [seg.text]
+    if bilingual and seg.text:
+        return [seg.text, seg.translation]
+    return [seg.translation]
 
 
 @dataclass

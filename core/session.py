@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from .engine.base import Engine, EngineConfig, GenerateOptions
+from .engine.base import Engine, EngineConfig, GenerateOptions, LoraAdapter
 from .errors import BatchFailed, ExitStatus, GemmapipeError, UsageError
 
 if TYPE_CHECKING:
@@ -86,6 +86,7 @@ class SessionConfig:
     retries: int = 4
     jobs: int = 1
     verbose: int = 0  # 1: the session's own account (info); 2: the engine's native log too
+    lora: tuple[LoraAdapter, ...] = ()  # LoRA adapters for the local engine, in order
 
 
 EngineFactory = Callable[..., Engine]
@@ -150,8 +151,13 @@ class Session:
         return self._engine
 
     def model_pair(self) -> ModelPair | None:
-        """The checked model and projector (None with a server: it has its own model)."""
+        """The checked model and projector, and the LoRA adapters checked against the model (None
+        with a server: it has its own model, and its own adapters)."""
         if self.config.server:
+            if self.config.lora:
+                raise UsageError(None, "cannot be used with {server}: the server applies its own adapters",
+                                 "start the server with them: llama-server --lora FILE (--lora-scaled FILE SCALE)",
+                                 parameter="lora")
             return None
         with self._lock:
             if self._pair is None:
@@ -160,7 +166,13 @@ class Session:
                 model = self.config.model
                 if model is None or str(model) == "":
                     model = self.default_model()
-                self._pair = resolve(model, self.config.mmproj, needs=self.needs)
+                pair = resolve(model, self.config.mmproj, needs=self.needs)
+                if self.config.lora:
+                    from .lora import check_adapter
+
+                    for adapter in self.config.lora:
+                        check_adapter(adapter.path, pair.model)
+                self._pair = pair
             return self._pair
 
     @property
@@ -224,9 +236,11 @@ class Session:
                               threads=c.threads, gpu_layers=c.gpu_layers, ctx_size=ctx,
                               image_min_tokens=lo or None, image_max_tokens=hi or None,
                               flash_attn=c.flash_attn, cache_type=c.cache_type, no_template=c.no_template,
-                              swa_full=swa_full, verbose=c.verbose >= 2)
+                              swa_full=swa_full, verbose=c.verbose >= 2, lora=c.lora)
         proj = f" + {config.mmproj.name}" if config.mmproj else ""
         self.info(f"loading {config.model.name}{proj} (n_ctx {ctx})")
+        for adapter in c.lora:
+            self.info(f"LoRA adapter {adapter.path.name}, scale {adapter.scale:g}")
         self.check_memory(pair, ctx, swa_full=swa_full)
         t0 = time.perf_counter()
         if _ENGINE_FACTORY is not None:
@@ -586,6 +600,8 @@ class Session:
             desc["model_sha256"] = file_sha256(Path(info.model))[:16]
         c = self.config
         desc["parameters"] = {"temperature": c.temperature, "seed": c.seed, "max_tokens": c.max_tokens}
+        if c.lora and info.server is None:
+            desc["lora"] = [{"path": str(a.path), "scale": a.scale} for a in c.lora]
         return {"model": desc}
 
 

@@ -23,9 +23,15 @@ class FakeEngine:
     requests: list[tuple[list[Message], GenerateOptions]] = field(default_factory=list)
     closed: bool = False
 
+    language: str = "English"  # the answer to transcribe's spoken-language question
+
     def generate(self, messages: list[Message], options: GenerateOptions) -> Iterator[str]:
         self.requests.append((messages, options))
-        reply = self.replies[(len(self.requests) - 1) % len(self.replies)]
+        if _asks_language(messages):  # recorded, but it takes no canned reply: those are the clips'
+            reply = self.language
+        else:
+            answered = sum(1 for m, _ in self.requests if not _asks_language(m))
+            reply = self.replies[(answered - 1) % len(self.replies)]
         self.stats.prompt_tokens = self.count_tokens(messages, options).total
         self.stats.generated = len(reply.split())
         self.stats.stop_reason = "eog"
@@ -63,6 +69,12 @@ class FakeEngine:
         self.closed = True
 
 
+def _asks_language(messages: list[Message]) -> bool:
+    from gemmapipe.core.tasks.transcribe import LANGUAGE_QUESTION
+
+    return any(LANGUAGE_QUESTION in m.text for m in messages)
+
+
 @pytest.fixture
 def fake_engine() -> Iterator[list[FakeEngine]]:
     """Register a FakeEngine factory through the session's public hook; the list collects every engine
@@ -71,12 +83,14 @@ def fake_engine() -> Iterator[list[FakeEngine]]:
 
     class Created(list):  # type: ignore[type-arg]
         replies: list[str]
+        language: str
 
     created = Created()
     created.replies = ["canned reply"]
+    created.language = "English"
 
     def factory(config: Any, pair: Any, *, n_ctx: int, max_image_tokens: int = 0) -> FakeEngine:
-        eng = FakeEngine(replies=list(created.replies), n_ctx=n_ctx, config=config)
+        eng = FakeEngine(replies=list(created.replies), n_ctx=n_ctx, config=config, language=created.language)
         created.append(eng)
         return eng
 

@@ -70,7 +70,7 @@ def test_skip_existing_makes_reruns_idempotent(tmp_path: Path, fake_engine: list
     assert run(["transcribe", "-f", "vtt", "--output-dir", str(out), "--skip-existing", *inputs]) == 0
     assert (out / "s0.vtt").stat().st_mtime_ns == first["s0.vtt"]  # untouched
     assert (out / "s1.vtt").exists()
-    assert len(fake_engine[-1].requests) == 1  # only the missing one was transcribed
+    assert len(fake_engine[-1].requests) == 2  # only the missing one: its spoken-language question, its one clip
 
 
 def test_errors_as_records(tmp_path: Path, capsys: pytest.CaptureFixture[str], fake_engine: list) -> None:  # noqa: F811

@@ -62,7 +62,8 @@ def test_three_hours_flat_memory_exact_timestamps(monkeypatch: pytest.MonkeyPatc
     # within the VAD's 200 ms pad plus one 40 ms window of the true edges, at the end of 3 hours
     assert abs(last.start_ms - 10_740_000) <= 240 and abs(last.end_ms - 10_742_000) <= 240
     assert peak < 40 * 2**20, f"peak {peak / 2**20:.1f} MiB"  # a 3-hour float32 signal would be 690 MB
-    assert len(engine.requests) == 3  # silence never reached the model
+    # silence never reached the model: one request per burst, plus the spoken-language question (no language given)
+    assert len(engine.requests) == 4 and engine.requests[0][1].grammar is not None
 
 
 def test_segment_timestamps_come_from_sample_counts() -> None:

@@ -568,7 +568,8 @@ def test_jobs_bound_requests_in_flight(server: tuple[str, Recorder], tmp_path: P
     url, rec = server
     rec.reply = lambda body, n: Reply(chunks=["x"], delay=1.5)  # long enough to overlap on a loaded machine
     wavs = [str(speech_file(tmp_path / f"{i}.wav", [(0.5, 1.5), (3.0, 4.0), (5.5, 6.5)], 7.0)) for i in range(3)]
-    assert run(["transcribe", "--server", url, "-j", "2", *wavs]) == 0
+    # -l: no spoken-language question first, so the requests are exactly the clips
+    assert run(["transcribe", "--server", url, "-j", "2", "-l", "en", *wavs]) == 0
     assert len(rec.posts()) == 9 and rec.max_in_flight == 2  # inputs x clips, never more than -j at once
     assert [json.loads(x)["file"] for x in capsys.readouterr().out.splitlines()] == [
         f for f in wavs for _ in range(3)]

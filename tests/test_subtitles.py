@@ -55,6 +55,11 @@ class SpeakingEngine(FakeEngine):
     sentence end every 14 words and a comma every 5 (diarize: as its JSON)."""
 
     def generate(self, messages: list[Message], options: GenerateOptions) -> Iterator[str]:
+        from gemmapipe.core.tasks.transcribe import LANGUAGE_QUESTION
+
+        if LANGUAGE_QUESTION in messages[0].text:  # the spoken-language question: a one-word answer
+            self.stats.stop_reason = "eog"
+            return iter(["English"])
         self.requests.append((messages, options))
         audio = [p for p in messages[0].parts if isinstance(p, Audio)][-1]  # diarize: the clip is last
         want = 15 * audio.samples.size / SR
@@ -136,8 +141,11 @@ def check_shape(cues: list[ParsedCue], *, max_width: int = 42, max_lines: int = 
 
 
 def clip_lengths(engines: list[Any]) -> list[float]:
+    """Seconds of audio in each transcription request (the spoken-language question is not one)."""
+    from gemmapipe.core.tasks.transcribe import LANGUAGE_QUESTION
+
     return [[p for p in m[0].parts if isinstance(p, Audio)][-1].samples.size / SR
-            for e in engines for m, _ in e.requests]
+            for e in engines for m, _ in e.requests if LANGUAGE_QUESTION not in m[0].text]
 
 
 # --- cue shape on a long recording ---------------------------------------------------------------

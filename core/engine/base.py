@@ -10,6 +10,14 @@ from typing import Any, Protocol, runtime_checkable
 from .parts import CachedMessage, Message, ToolCall
 
 
+@dataclass(frozen=True)
+class LoraAdapter:
+    """A LoRA adapter GGUF and the scale it is applied with (0: loaded and checked, no effect)."""
+
+    path: Path
+    scale: float = 1.0
+
+
 @dataclass
 class EngineConfig:
     """How to load and run the model; built from CLI options or by a Python caller."""
@@ -26,6 +34,7 @@ class EngineConfig:
     no_template: bool = False
     swa_full: bool = False
     verbose: bool = False
+    lora: tuple[LoraAdapter, ...] = ()  # applied in order to the text decoder (core/lora.py)
 
 
 @dataclass

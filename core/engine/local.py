@@ -125,6 +125,11 @@ class LocalEngine:
             raise GemmapipeError("context", f"llama.cpp could not create a {self.n_ctx}-token context",
                                  "lower {ctx_size} or use a smaller {cache_type}")
         self._mem = L.llama_get_memory(self._ctx)
+        self._adapters: list[Any] = []  # LoRA handles (core/lora.py), freed after the context in close()
+        if config.lora:
+            from ..lora import load_adapters
+
+            self._adapters = load_adapters(L, self._model, self._ctx, config.lora, pair.model)
         # Checked by llama.cpp between graph nodes while a prompt is evaluated, so a long prefill stops
         # within one node of a signal. Not while decoding: a Python call per node cost ~15% of the
         # decode speed, and a one-token decode is short enough to check after it returns.
@@ -728,9 +733,11 @@ class LocalEngine:
         return sigs, n_past, prefix
 
     def state_setup(self) -> dict[str, Any]:
-        """What a saved state depends on besides the prompt: files, context and KV-cache layout."""
+        """What a saved state depends on besides the prompt: files (LoRA adapters and their scales
+        included), context and KV-cache layout."""
         import llama_cpp
 
+        from ..lora import state_key
         from ..statecache import file_identity
 
         c = self.config
@@ -738,7 +745,7 @@ class LocalEngine:
                                                                          else None),
                 "n_ctx": self.n_ctx, "cache_type": c.cache_type, "flash_attn": c.flash_attn, "swa_full": c.swa_full,
                 "no_template": c.no_template, "image_tokens": [c.image_min_tokens, c.image_max_tokens],
-                "llama_cpp": getattr(llama_cpp, "__version__", "")}
+                "llama_cpp": getattr(llama_cpp, "__version__", ""), **state_key(c.lora)}
 
     @property
     def templated(self) -> bool:
@@ -761,6 +768,10 @@ class LocalEngine:
         if self._ctx:
             L.llama_free(self._ctx)
             self._ctx = None
+        if getattr(self, "_adapters", None):
+            from ..lora import free_adapters
+
+            free_adapters(L, self._adapters)
         if self._model:
             L.llama_model_free(self._model)
             self._model = None

@@ -60,13 +60,17 @@ def _lookup(table: dict[str, Any], fmt: str, what: str) -> Any:
         ) from None
 
 
-def get_writer(fmt: str, out: TextIO, *, rules: CueRules | None = None, **kw: Any) -> SegmentWriter:
+def get_writer(fmt: str, out: TextIO, *, rules: CueRules | None = None, bilingual: bool = False,
+               **kw: Any) -> SegmentWriter:
     """A transcript writer for `fmt` (a key of FORMATS) over `out`; kw: with_file, and speakers for tsv.
-    `rules`: the shape of srt and vtt cues (CueRules' defaults when None; other formats ignore it)."""
+    `rules`: the shape of srt and vtt cues (CueRules' defaults when None; other formats ignore it).
+    `bilingual`: translated segments show their text and their translation (txt, srt, vtt)."""
     cls: type[SegmentWriter] = _lookup(FORMATS, fmt, "transcript")
     if rules is not None and fmt.lower() in SUBTITLE_FORMATS:
         kw["rules"] = rules
-    return cls(out, **kw)
+    writer = cls(out, **kw)
+    writer.bilingual = bilingual
+    return writer
 
 
 def get_description_writer(fmt: str, out: TextIO, **kw: Any) -> DescriptionWriter:

@@ -21,7 +21,7 @@ import json
 import re
 from typing import Any, ClassVar, TextIO
 
-from ..results import Description, Segment, Transcript
+from ..results import Description, Segment, Transcript, display_texts
 
 
 def format_timestamp(ms: int, decimal: str = ".", *, millis: bool = True) -> str:
@@ -39,12 +39,6 @@ def format_timestamp(ms: int, decimal: str = ".", *, millis: bool = True) -> str
 def seconds(ms: int) -> float:
     """Milliseconds as seconds with (at most) 3 decimals; `1234567 -> 1234.567` exactly as printed."""
     return round(int(ms) / 1000, 3)
-
-
-def shown_text(seg: Segment) -> str:
-    """The words txt, srt and vtt show for a segment: the one place that chooses them (a translation,
-    when segments carry one, is chosen here)."""
-    return seg.text
 
 
 def one_line(text: str) -> str:
@@ -80,9 +74,10 @@ def segment_record(seg: Segment, file: str | None = None) -> dict[str, Any]:
         start_ms=int(seg.start_ms),
         end_ms=int(seg.end_ms),
         text=seg.text,
-        speaker=seg.speaker,
-        flags=list(seg.flags),
     )
+    if seg.translation is not None:
+        rec["translation"] = seg.translation
+    rec.update(speaker=seg.speaker, flags=list(seg.flags))
     return rec
 
 
@@ -101,12 +96,17 @@ class SegmentWriter:
     """Base of the transcript writers. Subclasses override the hooks they need."""
 
     extension: ClassVar[str] = ""
+    bilingual: bool = False  # a translated segment shows its text and its translation (see display_texts)
 
     def __init__(self, out: TextIO, *, with_file: bool = False) -> None:
         self.out = out
         self.with_file = with_file  # several inputs share this stream: say which input each line is from
         self.inputs = 0  # inputs begun so far
         self.closed = False
+
+    def texts(self, seg: Segment) -> list[str]:
+        """The lines this stream shows for `seg` (core.results.display_texts)."""
+        return display_texts(seg, bilingual=self.bilingual)
 
     def begin(self, file: str, meta: dict[str, Any]) -> None:
         """Start of one input."""

@@ -7,7 +7,7 @@ from pathlib import PurePath
 from typing import Any, ClassVar, TextIO
 
 from ..results import Segment
-from .base import SegmentWriter, format_timestamp, one_line, shown_text
+from .base import SegmentWriter, format_timestamp, one_line
 from .cues import Cue, CueRules, CueTimer, shape_cues, width
 
 
@@ -33,7 +33,7 @@ class TxtWriter(SegmentWriter):
         super().begin(file, meta)
 
     def segment(self, seg: Segment) -> None:
-        text = one_line(shown_text(seg))
+        text = "\n".join(one_line(t) for t in self.texts(seg))
         if seg.speaker is not None:
             stamp = format_timestamp(seg.start_ms, millis=False)
             text = f"[{stamp}] {one_line(seg.speaker)}: {text}"
@@ -72,7 +72,8 @@ class _SubtitleWriter(SegmentWriter):
     def segment(self, seg: Segment) -> None:
         speaker = None if seg.speaker is None else one_line(seg.speaker)
         label = "" if speaker is None else self.label(speaker)
-        for cue in shape_cues(shown_text(seg), seg.start_ms, seg.end_ms, self.rules, label_width=width(label)):
+        text = "\n".join(self.texts(seg))  # with --bilingual: the text, then its translation
+        for cue in shape_cues(text, seg.start_ms, seg.end_ms, self.rules, label_width=width(label)):
             cue.speaker = speaker
             done = self.timer.push(cue)
             if done is not None:
@@ -183,7 +184,7 @@ class TsvWriter(SegmentWriter):
     def segment(self, seg: Segment) -> None:
         if not self.header_written:
             self._header(seg)
-        text = one_line(seg.text)
+        text = one_line(self.texts(seg)[-1])  # one text column: the translation, when there is one
         speaker = None if seg.speaker is None else one_line(seg.speaker)
         if speaker is not None and not self.speakers:
             text = f"[{speaker}] {text}"
