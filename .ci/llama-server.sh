@@ -33,8 +33,10 @@ if [ ! -x "$dir/bin/llama-server" ] || [ ! -x "$dir/bin/llama-mtmd-cli" ]; then
     fi
     src=$(ls -d "$work"/src/llama_cpp_python-*/vendor/llama.cpp | head -n 1)
   fi
+  generator=()
+  if [ ! -f "$work/build/CMakeCache.txt" ] && command -v ninja >/dev/null 2>&1; then generator=(-G Ninja); fi
   # shellcheck disable=SC2086
-  cmake -S "$src" -B "$work/build" -G Ninja $flags $extra >&2
+  cmake -S "$src" -B "$work/build" "${generator[@]}" $flags $extra >&2
   cmake --build "$work/build" --target llama-server llama-mtmd-cli -j "$jobs" >&2
   mkdir -p "$dir.bin"
   cp "$work/build/bin/llama-server" "$work/build/bin/llama-mtmd-cli" "$dir.bin/"

@@ -5,6 +5,7 @@ silence left out."""
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +93,7 @@ def test_long_sound_is_cut_into_segments_of_at_most_30_s(tmp_path: Path) -> None
     sounds = [i for i in tl.items if isinstance(i, Sound)]
     assert len(sounds) == 3 and all(s.samples.size <= 30 * SR for s in sounds)
     assert sounds[0].start == 0 and sum(s.samples.size for s in sounds) == 70 * SR  # all of it, once, in order
-    assert all(a.end == b.start for a, b in zip(sounds, sounds[1:], strict=False))
+    assert all(a.end == b.start for a, b in pairwise(sounds))
     assert tl.frames_dropped == 69  # a still picture: one frame kept
     assert isinstance(tl.items[0], Shot) and [type(i) for i in tl.items[1:]] == [Sound] * 3
 
