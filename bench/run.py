@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "followup": ("bench_followup.py", [], ["--quick"]),
     "batch": ("bench_batch.py", [], ["--quick"]),
     "speech": ("bench_speech.py", [], ["--quick"]),
+    "server": ("bench_server.py", [], ["--quick"]),
 }
 
 

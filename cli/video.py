@@ -54,7 +54,8 @@ def command(
 
     if dry_run:
         return runner.dry_run([input], n_ctx=VIDEO_CTX, want_audio=not no_audio, want_frames=True, fps=fps,
-                              frame_tokens=frame_tokens, start_ms=start_ms, end_ms=end_ms, max_frames=max_frames)
+                              frame_tokens=frame_tokens, start_ms=start_ms, end_ms=end_ms, max_frames=max_frames,
+                              frame_floor_tokens=runner.image_floor_tokens())
 
     from gemmapipe.core.config import xdg_dir
     from gemmapipe.core.engine.base import Engine
@@ -71,6 +72,7 @@ def command(
     options = VideoOptions(prompt=prompt or DEFAULT_PROMPT, fps=fps, frame_tokens=frame_tokens, start_ms=start_ms,
                            end_ms=end_ms, max_frames=max_frames, audio=not no_audio, dedupe=not no_dedupe,
                            cache=None if no_cache else StateCache(xdg_dir("cache") / "states", warn=runner.warn),
+                           frame_floor_tokens=runner.image_floor_tokens(),
                            generate=runner.generate_options(768))
     n_ctx = runner.context_size(VIDEO_CTX)
 

@@ -39,6 +39,7 @@ def plan_input(
     end_ms: int | None = None,
     max_frames: int | None = None,
     frame_min_tokens: int | None = None,
+    frame_floor_tokens: int = 0,
     image_min_tokens: int = MTMD_MIN_TOKENS,
     vad: str | None = None,
     max_clip_s: float = 30.0,
@@ -96,7 +97,8 @@ def plan_input(
         tokens["image"] = tokens_for(w, h)
     elif want_frames:
         assert info.width and info.height
-        w, h = frame_size(info.width, info.height, max_tokens=frame_tokens, min_tokens=frame_min_tokens)
+        w, h = frame_size(info.width, info.height, max_tokens=frame_tokens, min_tokens=frame_min_tokens,
+                          floor_tokens=frame_floor_tokens)
         vdur = info.video_duration_ms or duration
         require_start_before_end(source.name, "video", start_ms, vdur)  # the rule video itself follows
         fp = frame_plan(vdur, fps=fps, start_ms=start_ms, end_ms=end_ms, max_frames=max_frames)

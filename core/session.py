@@ -207,6 +207,15 @@ class Session:
                 return self._engine
             return self._local_engine(n_ctx=n_ctx, image_tokens=image_tokens, swa_full=swa_full)
 
+    def image_floor_tokens(self) -> int:
+        """The fewest tokens the engine keeps an image at: 0 for a local engine (configured to keep
+        any size), the server's assumed minimum otherwise (an image under it is raised there)."""
+        if not self.config.server:
+            return 0
+        from .engine.remote import SERVER_IMAGE_TOKENS
+
+        return SERVER_IMAGE_TOKENS[0]
+
     def context_size(self, n_ctx: int) -> int:
         """The context a local engine is loaded with for a task that asks for `n_ctx`: the configured
         size if any, else `n_ctx`, within what the model was trained for. The run and its dry run

@@ -184,11 +184,12 @@ def test_video_interleaves_timestamps_frames_audio(tmp_path: Path, capsys: pytes
     doc = json.loads(capsys.readouterr().out)
     assert doc["text"] == "a video" and doc["meta"]["frames"] == 3
     parts = fake_engine[0].requests[0][0][0].parts
-    labels = [p.text for p in parts if isinstance(p, Text) and p.text.startswith("[")]
-    assert labels == ["[00:00] ", "[00:01] ", "[00:02] "]
-    assert sum(isinstance(p, Image) for p in parts) == 3
-    first_img = next(i for i, p in enumerate(parts) if isinstance(p, Image))
-    assert isinstance(parts[first_img - 1], Text) and parts[first_img - 1].text == "[00:00] "
+    # as the Gemma 4 processor lays a video out: `MM:SS <image>` per frame, joined by single spaces,
+    # then the sound track (one segment of the whole 3 s here) under its start time, then the question
+    layout = [p.text if isinstance(p, Text) else type(p).__name__ for p in parts]
+    assert layout[:-1] == ["00:00 ", "Image", " 00:01 ", "Image", " 00:02 ", "Image", " 00:00 ", "Audio"]
+    assert layout[-1].startswith("\n")
+    assert doc["meta"]["audio_segments"] == 1
 
 
 def test_chat_attachment_and_stdin_text(tmp_path: Path, capsys: pytest.CaptureFixture[str],

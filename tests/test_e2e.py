@@ -351,19 +351,32 @@ def test_probe_video_frames_and_audio_carry_words_at_their_times(
     assert run(["video", "-m", str(gemma3_270m), "--mmproj", str(av_probe), "-t", str(THREADS), "--no-cache",
                 "--max-tokens", "4", "-c", "2048", str(mp4)]) == 0
     parts, embds = record_media["parts"][0], record_media["embeddings"][0]
+    # the processor's layout: `MM:SS <image>` per frame, joined by single spaces, the sound segment
+    # (one here: the pauses are under a second) after the frames of its span, under its start time
+    layout = [p.text if isinstance(p, Text) else type(p).__name__ for p in parts]
+    assert layout[:8] == ["00:00 ", "Image", " 00:01 ", "Image", " 00:02 ", "Image", " 00:00 ", "Audio"]
+    assert len(layout) == 9 and layout[8].startswith("\n")  # then the question
     label = None
-    found: dict[str, dict[str, list[int]]] = {}
+    frames: dict[str, list[int]] = {}
+    sounds: list[tuple[int, list[int]]] = []  # (label in seconds, decoded tokens)
     for part, embd in zip(parts, embds, strict=True):
-        if isinstance(part, Text) and part.text.startswith("["):
+        if isinstance(part, Text):
             label = part.text.strip()
         elif embd is not None:
-            kind = "image" if isinstance(part, Image) else "audio"
-            found.setdefault(label or "", {})[kind] = _decode(embd, gemma3_270m, codebook)
+            assert label is not None
+            decoded = _decode(embd, gemma3_270m, codebook)
+            if isinstance(part, Image):
+                frames[label] = decoded
+            else:
+                minutes, secs = label.split(":")
+                sounds.append((int(minutes) * 60 + int(secs), decoded))
     for k, (shown, spoken) in enumerate(seconds):
-        at = found[f"[00:0{k}]"]
         shown_ids, spoken_ids = tokenize(gemma3_270m, shown), tokenize(gemma3_270m, spoken)
-        assert at["image"][: len(shown_ids)] == shown_ids
-        assert at["audio"][: len(spoken_ids)] == spoken_ids
+        assert frames[f"00:0{k}"][: len(shown_ids)] == shown_ids
+        # a segment starts on the second its label names: second k is 25 tokens a second further in
+        start, heard = max((s for s in sounds if s[0] <= k), key=lambda s: s[0])
+        at = (k - start) * 25
+        assert heard[at:at + len(spoken_ids)] == spoken_ids
 
 
 def test_thinking_is_stripped_and_routed(tiny_engine: LocalEngine, monkeypatch: pytest.MonkeyPatch) -> None:

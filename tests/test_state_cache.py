@@ -119,11 +119,12 @@ def _rewrite(path: Path, edit: Callable[[dict[str, Any]], object]) -> None:
     (lambda i: i.pop("units"), "lacks 'units'"),
     (lambda i: i["engine"].__setitem__("n_past", "12"), "'n_past'"),  # a wrong type
     (lambda i: i["engine"].__setitem__("chunks", {"a": 1}), "'chunks' has the wrong type"),
-    (lambda i: i.__setitem__("units", [["0", 1, 1]]), "'units' have the wrong type"),
+    (lambda i: i.__setitem__("units", [["0", 0]]), "'units' have the wrong type"),
+    (lambda i: i.__setitem__("units", [[0, 1, 1]]), "'units' have the wrong type"),  # layout 1's rows
     (lambda i: i["engine"]["chunks"][1].__setitem__(3, 5), "do not add up"),
     (lambda i: i["engine"].__setitem__("prefix_sha256", "0" * 64), "the saved prompt is not"),
-], ids=["missing-key", "missing-units", "wrong-type", "wrong-type-chunks", "wrong-type-units", "inconsistent",
-        "other-prompt"])
+], ids=["missing-key", "missing-units", "wrong-type", "wrong-type-chunks", "wrong-type-units",
+        "old-layout-units", "inconsistent", "other-prompt"])
 def test_a_malformed_entry_is_ignored_and_rebuilt(video: Video, cli_env: Path,
                                                   edit: Callable[[dict[str, Any]], object], says: str) -> None:
     video.ask_ok("miss", 0)
@@ -315,3 +316,19 @@ def test_an_entry_bigger_than_the_cap_is_not_saved(tmp_path: Path) -> None:
     cache = StateCache(tmp_path, cap_bytes=100, warn=warned.append)
     assert not cache.put(_key(1), {}, b"x" * 200)
     assert list(tmp_path.iterdir()) == [] and warned == []
+
+
+def test_an_entry_of_an_older_prompt_layout_is_not_used(video: Video, cli_env: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The layout version is part of the key: states saved for the bracketed per-second layout
+    (PROMPT_LAYOUT 1) are never restored into a prompt laid out as the processor does."""
+    from gemmapipe.core.tasks import video as video_task
+
+    with monkeypatch.context() as m:
+        m.setattr(video_task, "PROMPT_LAYOUT", 1)
+        video.ask_ok("miss", 0)
+        video.ask_ok("hit", 0)
+    [old] = _entries(cli_env)
+    video.ask_ok("miss", 0)  # the current layout: another key, no warning
+    assert len(_entries(cli_env)) == 2 and old in _entries(cli_env)
+    video.ask_ok("hit", 0)

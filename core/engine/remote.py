@@ -55,6 +55,11 @@ _THOUGHT_OPEN, _THOUGHT_CLOSE = "<|channel>", "<channel|>"
 _REFUSAL = re.compile(r"not supported|unsupported|does not support|not a multimodal|at most 0|no (mmproj|projector)"
                       r"|multimodal (is )?(disabled|not)", re.I)
 
+# The image token bounds a server applies: gemma4uv's own [70, 1120], which llama-server keeps unless
+# started with --image-min-tokens / --image-max-tokens (neither /props nor /v1/models reports them).
+# An image outside them is rescaled there, so images are counted, and video frames sized, by them.
+SERVER_IMAGE_TOKENS = (70, 1120)
+
 _INVALID = re.compile(r"validation error|response_format|invalid_request|invalid request", re.I)
 
 
@@ -199,7 +204,10 @@ def media_kinds(messages: list[Message]) -> set[str]:
 
 def request_body(messages: list[Message], options: GenerateOptions, *, model: str | None,
                  schema_style: str = "json_schema") -> dict[str, Any]:
-    """The JSON of one streaming chat completion request."""
+    """The JSON of one streaming chat completion request. `schema_style`: how a JSON schema is sent,
+    "json_schema" or "json_object" (`response_format`), or "grammar": the GBNF built here from it,
+    for llama-server, whose own schema grammar lets a model open a ```json fence and pad every gap
+    with up to 20 blanks (a small model spends its token budget there)."""
     body: dict[str, Any] = {
         "messages": openai_messages(messages),
         "stream": True,
@@ -221,8 +229,8 @@ def request_body(messages: list[Message], options: GenerateOptions, *, model: st
         body["min_p"] = options.min_p
     if options.seed is not None:
         body["seed"] = options.seed
-    if options.json_schema is not None:
-        if schema_style == "json_schema":
+    if options.json_schema is not None and not (schema_style == "grammar" and options.grammar):
+        if schema_style in ("json_schema", "grammar"):
             body["response_format"] = {"type": "json_schema",
                                        "json_schema": {"name": "answer", "schema": options.json_schema,
                                                        "strict": True}}
@@ -715,6 +723,8 @@ class RemoteEngine:
             raise self._malformed("model list", exc) from None
         if not models:
             return
+        if any(m.llama_cpp for m in models):
+            self._schema_style = "grammar"  # llama-server: our GBNF, not its own schema grammar (request_body)
         chosen = next((m for m in models if m.id == self.model), None)
         if chosen is None and self.model is None:
             chosen = models[0]
@@ -734,9 +744,13 @@ class RemoteEngine:
 
     # --- Engine protocol ------------------------------------------------------------------------------
     def count_tokens(self, messages: list[Message], options: GenerateOptions) -> TokenCount:
-        """An estimate (no server counts media for us): text ~4 characters a token, an image
-        (W/48)*(H/48), audio 25 tokens a second, as the Gemma 4 projectors do."""
+        """An estimate (no server counts media for us): text ~4 characters a token, an image as
+        gemma4uv counts it once the server has scaled it into SERVER_IMAGE_TOKENS, audio 25 tokens
+        a second, as the Gemma 4 projectors do."""
         from ..media.audio import windows_for
+        from ..media.geometry import mtmd_size, tokens_for
+
+        lo, hi = SERVER_IMAGE_TOKENS
 
         per: list[tuple[str, int]] = []
         for m in messages:
@@ -745,7 +759,7 @@ class RemoteEngine:
                     per.append(("text", (len(p.text) + 3) // 4))
                 elif isinstance(p, Image):
                     h, w = p.pixels.shape[:2]
-                    per.append(("image", max(1, -(-h // 48)) * max(1, -(-w // 48))))
+                    per.append(("image", max(1, tokens_for(*mtmd_size(w, h, min_tokens=lo, max_tokens=hi)))))
                 elif isinstance(p, Audio):
                     per.append(("audio", windows_for(p.samples.size)))
                 elif isinstance(p, ToolCall | ToolResult):  # what the template writes around them

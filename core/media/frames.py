@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..cpus import usable_cpus
 from ..errors import BadInput, UsageError
-from .geometry import DEFAULT_FRAME_TOKENS, fit_size
+from .geometry import DEFAULT_FRAME_TOKENS, MTMD_MAX_TOKENS, fit_size, mtmd_keeps, mtmd_size, tokens_for
 
 if TYPE_CHECKING:
     import numpy as np
@@ -125,15 +125,25 @@ def frame_plan(
 
 
 def frame_size(
-    width: int, height: int, *, max_tokens: int = DEFAULT_FRAME_TOKENS, min_tokens: int | None = None
+    width: int, height: int, *, max_tokens: int = DEFAULT_FRAME_TOKENS, min_tokens: int | None = None,
+    floor_tokens: int = 0,
 ) -> tuple[int, int]:
     """The (width, height) frames of a width x height (display size) video are delivered at.
 
     min_tokens defaults to half the budget: small videos are scaled up to at least that many tokens,
-    never past the budget.
+    never past the budget. floor_tokens: the fewest tokens the model's consumer keeps an image at
+    (llama-server keeps gemma4uv's own minimum of 70 unless started with --image-min-tokens): a frame
+    under it is raised as mtmd would raise it, so that the frame is sent at the size it will be fed
+    (one resampling, from the source) and its tokens are known. 0: the engine keeps any size.
     """
     lo = min_tokens if min_tokens is not None else max(1, max_tokens // 2)
-    return fit_size(width, height, min_tokens=min(lo, max_tokens), max_tokens=max_tokens)
+    w, h = fit_size(width, height, min_tokens=min(lo, max_tokens), max_tokens=max_tokens)
+    if floor_tokens and tokens_for(w, h) < floor_tokens:
+        top = max(MTMD_MAX_TOKENS, floor_tokens)
+        w, h = mtmd_size(w, h, min_tokens=floor_tokens, max_tokens=top)
+        if not mtmd_keeps(w, h, min_tokens=floor_tokens, max_tokens=top):
+            w, h = fit_size(width, height, min_tokens=floor_tokens, max_tokens=max(floor_tokens, tokens_for(w, h)))
+    return w, h
 
 
 def iter_frames(
@@ -142,6 +152,7 @@ def iter_frames(
     fps: float = 1.0,
     max_tokens: int = DEFAULT_FRAME_TOKENS,
     min_tokens: int | None = None,
+    floor_tokens: int = 0,
     start_ms: int | None = None,
     end_ms: int | None = None,
     max_frames: int | None = None,
@@ -157,7 +168,8 @@ def iter_frames(
     if source.kind == "image":
         frame_plan(None, fps=fps, start_ms=start_ms, end_ms=end_ms, max_frames=max_frames)  # validate
         lo = min_tokens if min_tokens is not None else max(1, max_tokens // 2)
-        yield Frame(0, 0, load_image(source, max_tokens=max_tokens, min_tokens=min(lo, max_tokens)), 0)
+        lo = max(min(lo, max_tokens), floor_tokens)
+        yield Frame(0, 0, load_image(source, max_tokens=max(max_tokens, lo), min_tokens=lo), 0)
         return
     info = source.info
     assert info is not None and info.width and info.height
@@ -165,7 +177,8 @@ def iter_frames(
     plan = frame_plan(duration, fps=fps, start_ms=start_ms, end_ms=end_ms, max_frames=max_frames)
     if plan.count == 0:
         return
-    w, h = frame_size(info.width, info.height, max_tokens=max_tokens, min_tokens=min_tokens)
+    w, h = frame_size(info.width, info.height, max_tokens=max_tokens, min_tokens=min_tokens,
+                      floor_tokens=floor_tokens)
     from .faults import decode_guard
 
     with decode_guard(source.name):

@@ -47,9 +47,9 @@ def attachment_parts(spec: str, *, image_tokens: int = 280, frame_tokens: int = 
                 raise BadInput(src.name, "the audio is empty")
             step = MAX_AUDIO_S * SAMPLE_RATE  # the model's comfort zone per clip
             return [Audio(samples[i:i + step]) for i in range(0, samples.size, step)]
-        from .video import VideoOptions, build_timeline, unit_parts
+        from .video import VideoOptions, build_timeline, item_parts
 
-        return unit_parts(build_timeline(src, VideoOptions(frame_tokens=frame_tokens)).units)
+        return item_parts(build_timeline(src, VideoOptions(frame_tokens=frame_tokens)).items)
 
 
 FETCH_TIMEOUT_S = 30.0

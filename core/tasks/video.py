@@ -1,13 +1,20 @@
 """video: frames at `fps` and the audio track on one timeline, fed in one call.
 
-What the model sees, per kept second t (absolute time from the file start):
+What the model sees is the layout of transformers' Gemma 4 unified processor
+(`processing_gemma4_unified.py`, `replace_video_token`): each kept frame as `MM:SS <image>`, items
+joined by single spaces; the sound track as segments of at most 30 s (the processor's
+`audio_seq_length`, 750 tokens), cut at pauses, each placed right after the frames of its span and
+introduced by its own start time, `MM:SS <audio>`; then the question:
 
-    [mm:ss] <image of the frame shown at t> <audio t .. t+1 s>
+    00:00 <image> 00:01 <image> 00:02 <image> 00:00 <audio 0-2.6 s> 00:04 <image> 00:04 <audio 4-9 s>
+    Describe what happens in this video ...
 
-then the question. A near-duplicate frame (static slide, still camera) or a silent second is
-dropped, and its tokens counted as saved; the timestamp text stays so times remain citable. When
-the whole does not fit the context, consecutive windows are answered separately (map) and the
-answers, labelled with their absolute time ranges, are combined in a final pass (reduce).
+A segment starts on the whole second its label names (unless the previous segment ends inside that
+second), so its n-th audio token is at label + n x 40 ms. A near-duplicate frame (static slide, still
+camera) is dropped, and silence of a second or more is left out of the segments (music and other
+sounds are kept: they belong to a video's meaning); the tokens they would have cost are counted as
+saved. When the whole does not fit the context, consecutive windows are answered separately (map)
+and the answers, labelled with their absolute time ranges, are combined in a final pass (reduce).
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from ..audio_format import SAMPLE_RATE
 from ..engine.base import Engine, EngineState, GenerateOptions, StateError, StatefulEngine
@@ -31,12 +38,15 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-DEFAULT_PROMPT = "Describe what happens in this video, citing times as [mm:ss]."
-TEXT_TOKENS_PER_UNIT = 8  # "[mm:ss] " and separators, measured on Gemma's tokenizer (~6-8)
+DEFAULT_PROMPT = "Describe what happens in this video, citing times as MM:SS."
+TEXT_TOKENS_PER_ITEM = 6  # "MM:SS " and the space before it, measured on Gemma's tokenizer (5-6)
 DUP_THRESHOLD = 2.0  # mean absolute difference (0-255) under which a frame repeats the last kept one
-SILENCE_RMS = 10 ** (-50 / 20)  # -50 dBFS
+SILENCE_DB = -50.0  # a 40 ms window under this (dBFS) is silence
+MAX_SEGMENT_S = 30.0  # one audio segment at most: the processor's audio_seq_length (750 tokens)
+PAUSE_MS = 1000.0  # silence at least this long ends a segment (and is not fed)
 # Part of the state cache's key: bump when the text `_layout` puts around the media changes.
-PROMPT_LAYOUT = 1
+# 1: "[mm:ss] <image> <audio 1 s>\n" per second; 2: the processor's layout, audio in segments.
+PROMPT_LAYOUT = 2
 
 
 @dataclass
@@ -50,39 +60,87 @@ class VideoOptions:
     audio: bool = True
     dedupe: bool = True
     cache: StateCache | None = None  # None: no prefill cache
+    # The fewest tokens the engine keeps an image at (0: any; a llama-server keeps gemma4uv's 70):
+    # frames under it are sent at the size it would raise them to (core.media.frames.frame_size).
+    frame_floor_tokens: int = 0
     generate: GenerateOptions = field(default_factory=lambda: GenerateOptions(max_tokens=768))
 
 
 @dataclass
-class Unit:
+class Shot:
+    """A kept frame: the picture shown at t_ms."""
+
     t_ms: int
-    frame: np.ndarray | None
-    audio: np.ndarray | None
+    pixels: np.ndarray
+
+    @property
+    def end_ms(self) -> int:
+        return self.t_ms
+
+
+@dataclass
+class Sound:
+    """A segment of the sound track: samples [start, end) of the file (absolute sample indices)."""
+
+    start: int
+    end: int
+    samples: np.ndarray
+
+    @property
+    def t_ms(self) -> int:
+        return self.start * 1000 // SAMPLE_RATE
+
+    @property
+    def end_ms(self) -> int:
+        return -(-self.end * 1000 // SAMPLE_RATE)
+
+
+Item = Shot | Sound
+
+
+def _item_tokens(item: Item) -> int:
+    from ..media.audio import windows_for
+    from ..media.geometry import tokens_for
+
+    if isinstance(item, Shot):
+        h, w = item.pixels.shape[:2]
+        return TEXT_TOKENS_PER_ITEM + tokens_for(w, h)
+    return TEXT_TOKENS_PER_ITEM + windows_for(item.samples.size)
 
 
 @dataclass
 class Timeline:
-    units: list[Unit]
+    items: list[Item]  # in prompt order: frames by time, each segment after the frames of its span
     frames_total: int = 0
     frames_dropped: int = 0
-    audio_seconds_total: int = 0
-    audio_seconds_silent: int = 0
+    frame_tokens: int = 0  # tokens of one frame as sent (every frame has the same size)
+    audio_samples_total: int = 0  # of the sound track under the frames
     audio_dropped: str | None = None  # why an audio track that exists could not be used (from then on)
 
-    def tokens(self, frame_tokens: int) -> int:
+    @property
+    def audio_samples_fed(self) -> int:
+        return sum(i.samples.size for i in self.items if isinstance(i, Sound))
+
+    @property
+    def audio_seconds_total(self) -> int:
+        return -(-self.audio_samples_total // SAMPLE_RATE)
+
+    @property
+    def audio_seconds_silent(self) -> int:
+        return max(0, round((self.audio_samples_total - self.audio_samples_fed) / SAMPLE_RATE))
+
+    def tokens(self, frame_tokens: int | None = None) -> int:
+        """Tokens of the media and their labels (frames counted at the size they are sent)."""
+        return sum(_item_tokens(i) for i in self.items)
+
+    def saved_tokens(self, frame_tokens: int | None = None) -> int:
+        """Tokens that dropped frames (and their labels) and left-out silence would have cost."""
         from ..media.audio import windows_for
 
-        n = 0
-        for u in self.units:
-            if u.frame is None and u.audio is None:
-                continue  # nothing left to show for this second: no label either
-            n += TEXT_TOKENS_PER_UNIT + (frame_tokens if u.frame is not None else 0)
-            n += windows_for(u.audio.size) if u.audio is not None else 0
-        return n
-
-    def saved_tokens(self, frame_tokens: int) -> int:
-        empty = sum(1 for u in self.units if u.frame is None and u.audio is None)
-        return self.frames_dropped * frame_tokens + self.audio_seconds_silent * 25 + empty * TEXT_TOKENS_PER_UNIT
+        per_frame = self.frame_tokens or frame_tokens or 0
+        silent = max(0, windows_for(self.audio_samples_total) - sum(
+            windows_for(i.samples.size) for i in self.items if isinstance(i, Sound)))
+        return self.frames_dropped * (per_frame + TEXT_TOKENS_PER_ITEM) + silent
 
 
 def _check_start(source: Source, options: VideoOptions) -> None:
@@ -91,58 +149,111 @@ def _check_start(source: Source, options: VideoOptions) -> None:
         require_start_before_end(source.name, "video", options.start_ms, info.video_duration_ms or info.duration_ms)
 
 
+def sound_segmenter(dedupe: bool = True) -> Any:
+    """The energy detector with video's rule (core/tasks/segment.py): anything above SILENCE_DB is
+    kept, music and noises included; only silence of PAUSE_MS or more ends a segment and is left
+    out; a segment runs at most MAX_SEGMENT_S, cut at its quietest point. With `dedupe` off nothing
+    is left out: the track is only cut into segments."""
+    from .segment import make_segmenter
+
+    return make_segmenter("energy", max_clip_s=MAX_SEGMENT_S, min_speech_ms=40.0, min_silence_ms=PAUSE_MS,
+                          pad_ms=120.0, threshold=-1000.0, hysteresis_db=0.0,
+                          min_db=SILENCE_DB if dedupe else -1000.0, zcr_min=10.0, fricative_db=1000.0,
+                          steady_max_db=-1000.0)
+
+
+class _SoundTrack:
+    """Cuts segments from the streamed sound track: the segmenter says where, a rolling buffer of
+    the last ~40 s gives the samples, from the start snapped back to its whole second."""
+
+    KEEP = int((MAX_SEGMENT_S + 10) * SAMPLE_RATE)
+
+    def __init__(self, dedupe: bool) -> None:
+        import numpy as np
+
+        self.seg = sound_segmenter(dedupe)
+        self.buf = np.zeros(0, dtype=np.float32)
+        self.buf_at = 0
+        self.prev_end = 0
+        self.total = 0
+        self.sounds: list[Sound] = []
+
+    def _take(self, clips: Iterable[Any]) -> None:
+        for clip in clips:
+            start = max((clip.start // SAMPLE_RATE) * SAMPLE_RATE, self.prev_end, self.buf_at)
+            end = clip.end
+            if end <= start:
+                continue
+            piece = self.buf[start - self.buf_at:end - self.buf_at]
+            self.sounds.append(Sound(start, start + piece.size, piece.copy()))
+            self.prev_end = start + piece.size
+
+    def feed(self, block: Any) -> None:
+        import numpy as np
+
+        if self.buf.size == 0:
+            self.buf_at = block.offset
+        self.buf = np.concatenate([self.buf, block.samples])
+        self.total += block.samples.size
+        self._take(self.seg.feed(block))
+        keep_from = max(self.prev_end, self.buf_at + self.buf.size - self.KEEP)
+        if keep_from > self.buf_at:
+            self.buf = self.buf[keep_from - self.buf_at:]
+            self.buf_at = keep_from
+
+    def finish(self) -> list[Sound]:
+        self._take(self.seg.finish())
+        return self.sounds
+
+
+def interleave(shots: list[Shot], sounds: list[Sound]) -> list[Item]:
+    """Frames by time; each sound segment right after the frames of its span (t < its end)."""
+    items: list[Item] = []
+    i = 0
+    for snd in sounds:
+        while i < len(shots) and shots[i].t_ms * SAMPLE_RATE < snd.end * 1000:
+            items.append(shots[i])
+            i += 1
+        items.append(snd)
+    items.extend(shots[i:])
+    return items
+
+
 def build_timeline(source: Source, options: VideoOptions) -> Timeline:
     import numpy as np
 
     from ..media.audio import iter_audio
     from ..media.frames import iter_frames
+    from ..media.geometry import tokens_for
 
-    units: dict[int, Unit] = {}
-    tl = Timeline(units=[])
+    tl = Timeline(items=[])
+    shots: list[Shot] = []
+    times: list[int] = []
     last: np.ndarray | None = None
     for fr in iter_frames(source, fps=options.fps, max_tokens=options.frame_tokens, start_ms=options.start_ms,
-                          end_ms=options.end_ms, max_frames=options.max_frames):
+                          end_ms=options.end_ms, max_frames=options.max_frames,
+                          floor_tokens=options.frame_floor_tokens):
         tl.frames_total += 1
+        times.append(fr.t_ms)
+        tl.frame_tokens = tokens_for(fr.pixels.shape[1], fr.pixels.shape[0])
         keep = True
         if options.dedupe and last is not None and last.shape == fr.pixels.shape:
             diff = np.abs(fr.pixels.astype(np.int16) - last.astype(np.int16)).mean()
             keep = diff >= DUP_THRESHOLD
         if keep:
             last = fr.pixels
+            shots.append(Shot(fr.t_ms, fr.pixels))
         else:
             tl.frames_dropped += 1
-        units[fr.t_ms] = Unit(fr.t_ms, fr.pixels if keep else None, None)
-    if options.audio and units:
+    sounds: list[Sound] = []
+    if options.audio and times:
         step = round(1000 / options.fps)
-        times = sorted(units)
         limit = times[-1] + step
-        spans = [((t * SAMPLE_RATE) // 1000, ((t + step) * SAMPLE_RATE) // 1000) for t in times]
-
-        def take(t: int, piece: np.ndarray) -> None:
-            tl.audio_seconds_total += 1
-            rms = float(np.sqrt(np.mean(piece.astype(np.float64) ** 2)))
-            if options.dedupe and rms < SILENCE_RMS:
-                tl.audio_seconds_silent += 1
-            else:
-                units[t].audio = np.ascontiguousarray(piece)
-
-        # Streamed: each unit's slice is cut as soon as the audio covers it; only the audio not yet
-        # consumed (under one block plus one unit) is held, however long the video.
-        pending, pending_at, j = np.zeros(0, dtype=np.float32), 0, 0
+        track = _SoundTrack(options.dedupe)
         try:
+            # Streamed: only the open segment and a short lookback are held, however long the video.
             for block in iter_audio(source, start_ms=options.start_ms, end_ms=min(limit, options.end_ms or limit)):
-                if pending.size == 0:
-                    pending_at = block.offset
-                pending = np.concatenate([pending, block.samples])
-                while j < len(spans) and spans[j][1] <= pending_at + pending.size:
-                    a, b = spans[j]
-                    piece = pending[max(0, a - pending_at):max(0, b - pending_at)]
-                    if piece.size:
-                        take(times[j], piece)
-                    j += 1
-                    if j < len(spans) and spans[j][0] > pending_at:
-                        pending = pending[spans[j][0] - pending_at:]
-                        pending_at = spans[j][0]
+                track.feed(block)
         except Exception as exc:  # video still works from frames alone
             from ..errors import BadInput
 
@@ -150,63 +261,63 @@ def build_timeline(source: Source, options: VideoOptions) -> Timeline:
                 raise
             if source.info is not None and source.info.has_audio:  # a track that fails is said, not hidden
                 tl.audio_dropped = exc.reason
-                if tl.audio_seconds_total:
-                    source.warn(f"{source.name}: its audio track fails after {tl.audio_seconds_total} s "
+                if track.total:
+                    source.warn(f"{source.name}: its audio track fails after {track.total // SAMPLE_RATE} s "
                                 f"({exc.reason}); the rest is answered from the frames alone")
                 else:
                     source.warn(f"{source.name}: its audio track cannot be decoded ({exc.reason}); "
                                 "answering from the frames alone")
-        if j < len(spans) and pending.size:  # the last, shorter unit
-            a, b = spans[j]
-            piece = pending[max(0, a - pending_at):max(0, b - pending_at)]
-            if piece.size:
-                take(times[j], piece)
-    if not units and options.start_ms:  # a pipe: its length was not known before decoding
+        sounds = track.finish() if track.total else []
+        tl.audio_samples_total = track.total
+    if not times and options.start_ms:  # a pipe: its length was not known before decoding
         from ..errors import BadInput
 
         raise BadInput(source.name, f"has no video after {options.start_ms} ms (the start is past the end)")
-    tl.units = [units[t] for t in sorted(units)]
+    tl.items = interleave(shots, sounds)
     return tl
 
 
-def _layout(rows: Iterable[tuple[int, T | None, T | None]]) -> list[Text | T]:
-    """The prompt around each second's media: `[mm:ss] <image> <audio>` and a newline."""
+def _layout(rows: Iterable[tuple[int, T]]) -> list[Text | T]:
+    """The prompt around the media: `MM:SS <media>` for each, joined by single spaces."""
     parts: list[Text | T] = []
-    for t_ms, image, audio in rows:
-        if image is None and audio is None:
-            continue  # a repeated frame over silence: the previous label still covers it
-        parts.append(Text(f"[{clock(t_ms)}] "))
-        if image is not None:
-            parts.append(image)
-        if audio is not None:
-            parts.append(audio)
-        parts.append(Text("\n"))
+    for t_ms, media in rows:
+        parts.append(Text(f"{' ' if parts else ''}{clock(t_ms)} "))
+        parts.append(media)
     return parts
 
 
-def unit_parts(units: list[Unit]) -> list[Part]:
-    return cast(list[Part], _layout((u.t_ms, Image(u.frame) if u.frame is not None else None,
-                                     Audio(u.audio) if u.audio is not None else None) for u in units))
+def _media(item: Item) -> Part:
+    return Image(item.pixels) if isinstance(item, Shot) else Audio(item.samples)
 
 
-def split_windows(units: list[Unit], budget: int, frame_tokens: int) -> list[list[Unit]]:
-    windows: list[list[Unit]] = [[]]
+def item_parts(items: list[Item]) -> list[Part]:
+    return cast(list[Part], _layout((i.t_ms, _media(i)) for i in items))
+
+
+def split_windows(items: list[Item], budget: int, frame_tokens: int | None = None) -> list[list[Item]]:
+    windows: list[list[Item]] = [[]]
     used = 0
-    for u in units:
-        cost = Timeline([u]).tokens(frame_tokens)
+    for item in items:
+        cost = _item_tokens(item)
         if windows[-1] and used + cost > budget:
             windows.append([])
             used = 0
-        windows[-1].append(u)
+        windows[-1].append(item)
         used += cost
     return [w for w in windows if w]
+
+
+def _span(items: list[Item], step_ms: int) -> str:
+    first = min(i.t_ms for i in items)
+    last = max(i.t_ms + step_ms if isinstance(i, Shot) else i.end_ms for i in items)
+    return f"[{clock(first)}-{clock(last)}]"
 
 
 def _timeline_options(options: VideoOptions) -> dict[str, Any]:
     """The options that shape the timeline (and so the prompt but for the question)."""
     return {"fps": options.fps, "frame_tokens": options.frame_tokens, "start": options.start_ms,
             "end": options.end_ms, "max_frames": options.max_frames, "audio": options.audio,
-            "dedupe": options.dedupe}
+            "dedupe": options.dedupe, "frame_floor": options.frame_floor_tokens}
 
 
 def _generate(engine: Engine, messages: list[Message], gen: GenerateOptions) -> str:
@@ -215,7 +326,7 @@ def _generate(engine: Engine, messages: list[Message], gen: GenerateOptions) -> 
 
 # --- the prefilled-state cache --------------------------------------------------------------------
 # What is saved: the KV cache right after the last media of the single-window prompt (engine.prefill),
-# the timeline's skeleton (each kept second's time and which media it has: enough to lay the prompt's
+# the timeline's skeleton (each item's time and kind, image or audio: enough to lay the prompt's
 # text out again) and the metadata of the run that saved it. A follow-up question on the same video
 # restores the state and evaluates only its own text: the video is not decoded again.
 
@@ -224,18 +335,23 @@ def _content(source: Source, options: VideoOptions) -> dict[str, Any]:
     return {"task": "video", "layout": PROMPT_LAYOUT, "source": source.sha256(), **_timeline_options(options)}
 
 
+_KINDS: tuple[Literal["image"], Literal["audio"]] = ("image", "audio")
+
+
 def _skeleton(tl: Timeline) -> list[list[int]]:
-    return [[u.t_ms, int(u.frame is not None), int(u.audio is not None)] for u in tl.units]
+    """[t_ms, 0 for a frame | 1 for a sound segment] per item, in prompt order."""
+    return [[i.t_ms, int(isinstance(i, Sound))] for i in tl.items]
 
 
-def _read_skeleton(info: dict[str, Any]) -> list[tuple[int, bool, bool]]:
+def _read_skeleton(info: dict[str, Any]) -> list[tuple[int, Literal["image", "audio"]]]:
     rows = info.get("units")
     if rows is None:
         raise CacheEntryError("its header lacks 'units'")
     if not isinstance(rows, list) or not all(
-            isinstance(r, list) and len(r) == 3 and all(type(v) is int and v >= 0 for v in r) for r in rows):
+            isinstance(r, list) and len(r) == 2 and all(type(v) is int and v >= 0 for v in r) and r[1] < 2
+            for r in rows):
         raise CacheEntryError("its 'units' have the wrong type")
-    return [(r[0], bool(r[1]), bool(r[2])) for r in rows]
+    return [(r[0], _KINDS[r[1]]) for r in rows]
 
 
 def _answer_from_cache(source: Source, engine: Engine, options: VideoOptions, n_ctx: int,
@@ -264,8 +380,7 @@ def _answer_from_cache(source: Source, engine: Engine, options: VideoOptions, n_
     except (CacheEntryError, StateError) as exc:
         cache.reject(key, str(exc))
         return None
-    image, audio = Placeholder("image"), Placeholder("audio")
-    parts = _layout((t, image if f else None, audio if a else None) for t, f, a in rows)
+    parts = _layout((t, Placeholder(kind)) for t, kind in rows)
     out = engine.generate_cached([CachedMessage("user", [*parts, Text("\n" + options.prompt)])], options.generate)
     if out is None:
         engine.reset()
@@ -303,11 +418,12 @@ def video(source: Source, engine_for: Callable[[int], Engine], options: VideoOpt
         if hit is not None:
             return hit
     tl = build_timeline(source, options)
-    frame_tokens = options.frame_tokens
-    total = tl.tokens(frame_tokens)
+    total = tl.tokens()
     meta: dict[str, Any] = {"frames": tl.frames_total, "frames_dropped": tl.frames_dropped,
                             "audio_seconds": tl.audio_seconds_total, "audio_seconds_silent": tl.audio_seconds_silent,
-                            "tokens_media": total, "tokens_saved": tl.saved_tokens(frame_tokens)}
+                            "audio_segments": sum(isinstance(i, Sound) for i in tl.items),
+                            "tokens_per_frame": tl.frame_tokens, "tokens_media": total,
+                            "tokens_saved": tl.saved_tokens(options.frame_tokens)}
     if tl.audio_dropped is not None:
         meta["audio_dropped"] = tl.audio_dropped
     meta.update(source.meta())  # warnings, NaN samples replaced
@@ -320,7 +436,7 @@ def video(source: Source, engine_for: Callable[[int], Engine], options: VideoOpt
     prompt_budget = n_ctx - options.generate.max_tokens - 256
     question = Text("\n" + options.prompt)
     if total <= prompt_budget:
-        messages = [Message("user", [*unit_parts(tl.units), question])]
+        messages = [Message("user", [*item_parts(tl.items), question])]
         prefilled = 0
         if cache is not None and isinstance(engine, StatefulEngine):
             meta["cache"] = "miss"
@@ -330,11 +446,11 @@ def video(source: Source, engine_for: Callable[[int], Engine], options: VideoOpt
         meta["prompt_evaluated"] = prefilled + engine.stats.prompt_evaluated
         meta["windows"] = 1
     else:
-        windows = split_windows(tl.units, prompt_budget, frame_tokens)
+        windows = split_windows(tl.items, prompt_budget)
         answers = []
         for i, win in enumerate(windows):
-            span = f"[{clock(win[0].t_ms)}-{clock(win[-1].t_ms + int(1000 / options.fps))}]"
-            msg = [Message("user", [*unit_parts(win), Text(f"\nThis is the part {span} of a longer video. "
+            span = _span(win, int(1000 / options.fps))
+            msg = [Message("user", [*item_parts(win), Text(f"\nThis is the part {span} of a longer video. "
                                                           + options.prompt)])]
             answers.append(f"{span} {_generate(engine, msg, options.generate)}")
             if on_progress:
