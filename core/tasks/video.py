@@ -51,6 +51,7 @@ class VideoOptions:
     dedupe: bool = True
     cache: StateCache | None = None  # None: no prefill cache
     generate: GenerateOptions = field(default_factory=lambda: GenerateOptions(max_tokens=768))
+    jobs: int = 1  # windows answered at once (an engine that takes concurrent requests)
 
 
 @dataclass
@@ -330,13 +331,19 @@ def video(source: Source, engine_for: Callable[[int], Engine], options: VideoOpt
         meta["prompt_evaluated"] = prefilled + engine.stats.prompt_evaluated
         meta["windows"] = 1
     else:
+        from ..parallel import ordered_map
+
         windows = split_windows(tl.units, prompt_budget, frame_tokens)
         answers = []
-        for i, win in enumerate(windows):
+
+        def window_answer(win: list[Unit]) -> str:  # the windows are independent: -j answers them at once
             span = f"[{clock(win[0].t_ms)}-{clock(win[-1].t_ms + int(1000 / options.fps))}]"
             msg = [Message("user", [*unit_parts(win), Text(f"\nThis is the part {span} of a longer video. "
                                                           + options.prompt)])]
-            answers.append(f"{span} {_generate(engine, msg, options.generate)}")
+            return f"{span} {_generate(engine, msg, options.generate)}"
+
+        for i, text in enumerate(ordered_map(window_answer, windows, options.jobs)):
+            answers.append(text)
             if on_progress:
                 on_progress((i + 1) / (len(windows) + 1))
         combined = "\n".join(answers)
