@@ -237,6 +237,9 @@ class LocalEngine:
         self._batch = L.llama_batch_init(self.n_batch, 0, 1)
         self._draft = config.draft
         self._draft_max = max(0, config.draft_max)
+        if self._draft not in (None, "ngram"):
+            raise ModelError(f"draft {self._draft}", "a separate draft model is not supported yet",
+                             "use {draft} ngram (prompt lookup)")
         # Who may run native work on the context: the decode thread per step, others through
         # `_exclusive`. `_cond` guards the queues (its own lock, so callers never wait on a decode).
         self._native = threading.RLock()

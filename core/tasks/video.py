@@ -353,5 +353,9 @@ def video(source: Source, engine_for: Callable[[int], Engine], options: VideoOpt
         text = _generate(engine, reduce, options.generate)
         meta["windows"] = len(windows)
         meta["window_answers"] = answers
+    stats = engine.stats
+    if stats.total_drafted:  # speculative decoding over the engine's life (this video's answers)
+        meta["draft"] = {"drafted": stats.total_drafted, "accepted": stats.total_accepted,
+                         "acceptance": round(stats.total_accepted / stats.total_drafted, 4)}
     meta["seconds"] = round(time.perf_counter() - t0, 3)
     return Description(file=source.name, text=text, meta=meta)
