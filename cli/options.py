@@ -19,6 +19,7 @@ MAX_TOKENS = 1 << 20  # context and answer lengths: past any model's context, in
 MAX_TIMEOUT_S = 86400.0  # a day of silence
 MAX_RETRIES = 100
 MAX_JOBS = 256
+MAX_DRAFT = 16  # drafted tokens per step; past this a verify batch costs more than it can win
 
 
 class FiniteFloat(click_types.FloatRange):
@@ -72,6 +73,8 @@ class Common:
     timeout: float = 600.0
     retries: int = 4
     jobs: int = 1
+    draft: str | None = None
+    draft_max: int = 2
 
 
 # name -> (annotation, default); the annotation carries the typer.Option.
@@ -146,8 +149,16 @@ _SPEC: dict[str, tuple[Any, Any]] = {
         help="Retries (with backoff) when --server is unreachable or answers 429/5xx.")], 4),
     "jobs": (Annotated[int, typer.Option(
         "-j", "--jobs", min=1, max=MAX_JOBS, rich_help_panel=SERVER_PANEL,
-        help="Requests to --server at once: inputs of a batch (and clips of a transcript); output order "
+        help="Requests at once: inputs of a batch, clips of a transcript, windows of a video; to --server "
+             "in flight, locally decoded together in one context (N times the KV cache). Output order "
              "is kept.")], 1),
+    "draft": (Annotated[str | None, typer.Option(
+        "--draft", rich_help_panel=MODEL_PANEL, show_default=False, metavar="ngram|FILE",
+        help="Speculative decoding: 'ngram' (prompt lookup) or a draft model GGUF with the same "
+             "vocabulary; greedy and seeded output stay the model's own.")], None),
+    "draft_max": (Annotated[int, typer.Option(
+        "--draft-max", min=1, max=MAX_DRAFT, rich_help_panel=MODEL_PANEL,
+        help="Tokens drafted per step (above 2, CPU output may differ from the undrafted at near-ties).")], 2),
 }
 assert set(_SPEC) == {f.name for f in fields(Common)}
 

@@ -144,7 +144,8 @@ def session_config(common: Common) -> SessionConfig:
                          no_template=common.no_template, flash_attn=common.flash_attn, cache_type=common.cache_type,
                          output=common.output, server=common.server, api_key=common.api_key,
                          server_model=common.server_model, timeout=common.timeout, retries=common.retries,
-                         jobs=common.jobs, verbose=common.verbose, lora=lora_adapters(common.lora))
+                         jobs=common.jobs, draft=common.draft, draft_max=common.draft_max,
+                         verbose=common.verbose, lora=lora_adapters(common.lora))
 
 
 def lora_adapters(specs: list[str] | None) -> tuple[LoraAdapter, ...]:

@@ -73,7 +73,7 @@ def command(
                            end_ms=end_ms, max_frames=max_frames, audio=not no_audio, dedupe=not no_dedupe,
                            cache=None if no_cache else StateCache(xdg_dir("cache") / "states", warn=runner.warn),
                            frame_floor_tokens=runner.image_floor_tokens(),
-                           generate=runner.generate_options(768))
+                           generate=runner.generate_options(768), jobs=runner.jobs)
     n_ctx = runner.context_size(VIDEO_CTX)
 
     def engine_for(ctx: int) -> Engine:

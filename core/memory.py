@@ -62,10 +62,15 @@ def available_memory() -> int | None:
 
 
 def estimate(model: GGUFInfo, mmproj: GGUFInfo | None, n_ctx: int, *, cache_type: str = "f16",
-             swa_full: bool = False) -> dict[str, int]:
+             swa_full: bool = False, n_seq: int = 1) -> dict[str, int]:
+    """Weights plus the KV cache of `n_seq` sequences of `n_ctx` tokens each (llama.cpp gives every
+    sequence a KV stream of its own, sliding-window layers included)."""
     weights = model.path.stat().st_size + (mmproj.path.stat().st_size if mmproj else 0)
-    kv = kv_bytes(model, n_ctx, cache_type=cache_type, swa_full=swa_full)
-    return {"n_ctx": n_ctx, "weights_bytes": weights, "kv_bytes": kv, "total_bytes": weights + kv + HEADROOM}
+    kv = max(1, n_seq) * kv_bytes(model, n_ctx, cache_type=cache_type, swa_full=swa_full)
+    est = {"n_ctx": n_ctx, "weights_bytes": weights, "kv_bytes": kv, "total_bytes": weights + kv + HEADROOM}
+    if n_seq > 1:
+        est["n_seq"] = n_seq
+    return est
 
 
 def check_fits(est: dict[str, int], available: int | None) -> None:
@@ -76,6 +81,12 @@ def check_fits(est: dict[str, int], available: int | None) -> None:
     raise GemmapipeError(
         "memory",
         f"needs about {est['total_bytes'] / gib:.1f} GiB (weights {est['weights_bytes'] / gib:.1f} GiB + KV cache "
-        f"{est['kv_bytes'] / gib:.1f} GiB for {est['n_ctx']} tokens) but only {available / gib:.1f} GiB is available",
-        "lower {ctx_size}, use {cache_type} q8_0, or a smaller quantization",
+        f"{est['kv_bytes'] / gib:.1f} GiB for {_tokens(est)}) but only {available / gib:.1f} GiB is available",
+        "lower {ctx_size}" + (" or {jobs}" if est.get("n_seq", 1) > 1 else "")
+        + ", use {cache_type} q8_0, or a smaller quantization",
     )
+
+
+def _tokens(est: dict[str, int]) -> str:
+    n_seq = est.get("n_seq", 1)
+    return f"{n_seq} sequences of {est['n_ctx']} tokens" if n_seq > 1 else f"{est['n_ctx']} tokens"

@@ -85,6 +85,8 @@ class SessionConfig:
     timeout: float = 600.0
     retries: int = 4
     jobs: int = 1
+    draft: str | None = None  # "ngram" or a draft model GGUF (local engine only)
+    draft_max: int = 2
     verbose: int = 0  # 1: the session's own account (info); 2: the engine's native log too
     lora: tuple[LoraAdapter, ...] = ()  # LoRA adapters for the local engine, in order
 
@@ -121,7 +123,6 @@ class Session:
         self._engine: Engine | None = None
         self._engine_key: tuple[int, int, int] | None = None
         self._pair: ModelPair | None = None
-        self._warned_jobs = False
         self.failed = 0
         self.succeeded = 0
         self._lock = threading.RLock()  # engine and model are shared by the -j workers
@@ -177,13 +178,13 @@ class Session:
 
     @property
     def jobs(self) -> int:
-        """Requests at once: `jobs` with a server; a local model runs one request at a time."""
-        if self.config.jobs > 1 and not self.config.server:
-            if not self._warned_jobs:
-                self._warned_jobs = True
-                self.warn("{jobs} needs {server} (a local model answers one request at a time); ignored")
-            return 1
+        """Requests at once: in flight to a server, or sequences a local engine decodes together."""
         return max(1, self.config.jobs)
+
+    @property
+    def sequences(self) -> int:
+        """Sequences the local context is planned for (each with a context of `context_size`)."""
+        return 1 if self.config.server else self.jobs
 
     def remote_engine(self, n_ctx: int) -> RemoteEngine:
         from .engine.remote import RemoteConfig, RemoteEngine
@@ -192,6 +193,9 @@ class Session:
         if c.no_template:
             raise UsageError(None, "cannot be used with {server}", "the server applies the chat template",
                              parameter="no_template")
+        if c.draft:
+            raise UsageError(None, "cannot be used with {server}", "the server decodes with its own settings",
+                             parameter="draft")
         config = RemoteConfig(url=c.server or "", api_key=c.api_key, model=c.server_model, timeout=c.timeout,
                               retries=c.retries, max_concurrency=self.jobs, verbose=c.verbose >= 2, log=self.warn)
         engine = RemoteEngine(config, n_ctx=n_ctx)
@@ -226,6 +230,8 @@ class Session:
             train = pair.model.get(f"{pair.model.architecture}.context_length")
             if isinstance(train, int) and train > 0:
                 ctx = max(256, min(ctx, train))
+        if self.sequences > 1:  # llama.cpp pads each sequence's share of the context to 256 cells
+            ctx = -(-ctx // 256) * 256
         return ctx
 
     def _local_engine(self, *, n_ctx: int, image_tokens: tuple[int, int] | None, swa_full: bool) -> Engine:
@@ -245,9 +251,11 @@ class Session:
                               threads=c.threads, gpu_layers=c.gpu_layers, ctx_size=ctx,
                               image_min_tokens=lo or None, image_max_tokens=hi or None,
                               flash_attn=c.flash_attn, cache_type=c.cache_type, no_template=c.no_template,
-                              swa_full=swa_full, verbose=c.verbose >= 2, lora=c.lora)
+                              swa_full=swa_full, verbose=c.verbose >= 2, lora=c.lora, parallel=self.sequences,
+                              draft=c.draft, draft_max=c.draft_max)
+        n_seq = self.sequences
         proj = f" + {config.mmproj.name}" if config.mmproj else ""
-        self.info(f"loading {config.model.name}{proj} (n_ctx {ctx})")
+        self.info(f"loading {config.model.name}{proj} (n_ctx {ctx}" + (f" x {n_seq} sequences)" if n_seq > 1 else ")"))
         for adapter in c.lora:
             self.info(f"LoRA adapter {adapter.path.name}, scale {adapter.scale:g}")
         self.check_memory(pair, ctx, swa_full=swa_full)
@@ -282,7 +290,8 @@ class Session:
 
         if self.config.gpu_layers != 0 and _gpu_offload():
             return  # device memory is not ours to read portably; llama.cpp reports failures itself
-        est = memory.estimate(pair.model, pair.mmproj, n_ctx, cache_type=self.config.cache_type, swa_full=swa_full)
+        est = memory.estimate(pair.model, pair.mmproj, n_ctx, cache_type=self.config.cache_type, swa_full=swa_full,
+                              n_seq=self.sequences)
         memory.check_fits(est, memory.available_memory())
 
     def generate_options(self, default_max_tokens: int, **overrides: Any) -> GenerateOptions:
@@ -295,8 +304,21 @@ class Session:
 
     def close(self) -> None:
         if self._engine is not None:
+            draft = self.draft_summary()
+            if draft:
+                self.info(f"draft: {draft['drafted']} tokens drafted, {draft['accepted']} accepted "
+                          f"({draft['acceptance']:.0%})")
             self._engine.close()
             self._engine = None
+
+    def draft_summary(self) -> dict[str, Any] | None:
+        """Speculative decoding over the run so far: tokens drafted, accepted, the acceptance rate."""
+        if not self.config.draft or self._engine is None:
+            return None
+        stats = self._engine.stats
+        drafted, accepted = stats.total_drafted, stats.total_accepted
+        return {"method": "ngram" if self.config.draft == "ngram" else "model", "drafted": drafted,
+                "accepted": accepted, "acceptance": round(accepted / drafted, 4) if drafted else 0.0}
 
     def __enter__(self) -> Session:
         return self
@@ -339,7 +361,8 @@ class Session:
         except GemmapipeError as exc:
             return {"error": f"{exc.subject}: {exc.reason}"}
         assert pair is not None
-        est: dict[str, Any] = dict(memory.estimate(pair.model, pair.mmproj, ctx, cache_type=self.config.cache_type))
+        est: dict[str, Any] = dict(memory.estimate(pair.model, pair.mmproj, ctx, cache_type=self.config.cache_type,
+                                                   n_seq=self.sequences))
         est["available_bytes"] = memory.available_memory()
         return est
 
@@ -611,7 +634,13 @@ class Session:
         desc["parameters"] = {"temperature": c.temperature, "seed": c.seed, "max_tokens": c.max_tokens}
         if c.lora and info.server is None:
             desc["lora"] = [{"path": str(a.path), "scale": a.scale} for a in c.lora]
-        return {"model": desc}
+        if info.server is None and self.sequences > 1:
+            desc["parameters"]["sequences"] = self.sequences
+        out: dict[str, Any] = {"model": desc}
+        draft = self.draft_summary()
+        if draft:
+            out["draft"] = draft
+        return out
 
 
 def _stops_batch(exc: GemmapipeError) -> bool:

@@ -575,8 +575,8 @@ def test_jobs_bound_requests_in_flight(server: tuple[str, Recorder], tmp_path: P
         f for f in wavs for _ in range(3)]
 
 
-def test_jobs_without_server_is_ignored_with_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_jobs_without_server_plan_that_many_local_sequences(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from gemmapipe.core import session
 
     from fake_engine import FakeEngine
@@ -586,10 +586,24 @@ def test_jobs_without_server_is_ignored_with_a_warning(tmp_path: Path, capsys: p
     d.mkdir()
     write_text_model(d / "m.gguf", n_embd=64)
     write_mmproj(d / "mmproj-m.gguf", width=64)
-    monkeypatch.setattr(session, "_ENGINE_FACTORY", lambda config, pair, **kw: FakeEngine(config=config))
+    seen = []
+
+    def factory(config, pair, **kw):  # type: ignore[no-untyped-def]
+        seen.append(config.parallel)
+        return FakeEngine(config=config)
+
+    monkeypatch.setattr(session, "_ENGINE_FACTORY", factory)
     imgs = [str(write_image(tmp_path / f"{i}.png")) for i in range(2)]
     assert run(["describe", "-m", str(d / "m.gguf"), "-j", "4", *imgs]) == 0
-    assert "-j/--jobs needs --server" in capsys.readouterr().err
+    assert seen == [4]  # one engine, four sequences in its context
+    assert "jobs" not in capsys.readouterr().err
+
+
+def test_draft_with_a_server_is_refused(server: tuple[str, Recorder], tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    url, _ = server
+    assert run(["chat", "--server", url, "--draft", "ngram", "hi"]) == 2
+    assert "--draft: cannot be used with --server" in capsys.readouterr().err
 
 
 # --- a real server: llama-cpp-python's, serving Gemma 3 270M ------------------------------------------------------

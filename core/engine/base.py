@@ -35,6 +35,13 @@ class EngineConfig:
     swa_full: bool = False
     verbose: bool = False
     lora: tuple[LoraAdapter, ...] = ()  # applied in order to the text decoder (core/lora.py)
+    # Sequences decoded together in one context (the session's jobs): each has a context of its own of
+    # the engine's n_ctx, and the requests of concurrent callers share every decode step.
+    parallel: int = 1
+    # Speculative decoding: None, "ngram" (prompt lookup) or the path of a draft model GGUF; at most
+    # draft_max tokens drafted per step (see core/engine/speculative.py for why 2 is the default).
+    draft: str | None = None
+    draft_max: int = 2
 
 
 @dataclass
@@ -89,7 +96,11 @@ class EngineStats:
     decode_s: float = 0.0
     total_prompt_evaluated: int = 0
     total_generated: int = 0
-    stop_reason: str = ""  # "eog" | "length" | "grammar"
+    stop_reason: str = ""  # "eog" | "length" | "context" | "cancelled"
+    drafted: int = 0  # speculative decoding: tokens drafted for this request ...
+    accepted: int = 0  # ... and how many of them the model's own sampling confirmed
+    total_drafted: int = 0
+    total_accepted: int = 0
     # Summed over every request, whatever the engine (it sets the per-request fields above once per
     # request, or resets them to 0 first): see __setattr__.
     total_prompt_tokens: int = 0

@@ -7,17 +7,30 @@ do not strip thinking, and sample in Python (measured 1.5x slower per token here
 One request = render the conversation with the GGUF's chat template (media as mtmd markers),
 `mtmd_tokenize` it into chunks, keep the longest prefix of chunks already in the KV cache,
 evaluate the rest, then sample with llama.cpp's own sampler chain.
+
+Structure. The context holds `parallel` sequences (`_Slot`: its sequence id, the signatures of what
+its KV cache holds, its position). A request (`_Request`: prepared prompt, options, its own sampler
+chain and stats, a queue of text) is admitted into a free slot (`_admit`: prefill, first token),
+then decoded by `_step`, which puts the pending token (and drafted ones, see speculative.py) of
+every active request into one `llama_decode` and samples each with its own chain; `_finish` frees
+the slot for the next request. With one sequence the caller's thread drives the steps itself (the
+generator of `generate`); with several, a decode thread (`_schedule`) owns the context and the
+callers' threads read their request's queue, so concurrent `generate` calls share every step.
+Operations on saved states use sequence 0 with no request running (`_exclusive`).
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import ctypes
 import hashlib
 import os
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import interrupt
@@ -28,6 +41,7 @@ from . import gemma4
 from .base import EngineConfig, EngineInfo, EngineState, EngineStats, GenerateOptions, StateError, TokenCount
 from .native import bindings, quiet_native_logs
 from .parts import Audio, CachedMessage, Image, Message, Placeholder, Text
+from .speculative import SEPARATOR, NgramDraft
 from .template import render_prompt
 
 if TYPE_CHECKING:
@@ -60,8 +74,47 @@ class _Prepared:
         return sum(self.n_tokens)
 
 
+@dataclass(eq=False)
+class _Slot:
+    """One sequence of the context and what its KV cache holds."""
+
+    seq: int
+    cached: list[tuple[Any, ...]] = field(default_factory=list)  # signatures of the KV cache, in order
+    n_past: int = 0
+    # SHA-256 of the prompt text up to its last media marker when the KV cache holds exactly a
+    # `prefill` of it (what `generate_cached` needs to trust a restored state); else None.
+    prefix_sha: str | None = None
+    busy: bool = False
+    last_used: int = 0
+
+
+@dataclass(eq=False)
+class _Request:
+    """One generate call on its way through the context."""
+
+    prep: _Prepared
+    options: GenerateOptions
+    stats: EngineStats
+    pin: _Slot | None = None  # a request that must run in this slot (generate_cached)
+    slot: _Slot | None = None
+    chain: Any = None
+    pending: int | None = None  # sampled and handed out, not evaluated yet
+    generated: list[int] = field(default_factory=list)  # sampled and evaluated, so in the KV cache
+    ngram: NgramDraft | None = None
+    out: deque[str] = field(default_factory=deque)
+    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+    thought: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+    in_thought: bool = False
+    t0: float = 0.0
+    cancelled: bool = False
+    finished: bool = False
+    error: BaseException | None = None
+
+
 class LocalEngine:
-    """Owns one llama model + context and one mtmd context. Not thread-safe."""
+    """Owns one llama model + context and one mtmd context. With `config.parallel` > 1, `generate`
+    may be called from several threads at once (up to that many are decoded together); with 1 it
+    is not thread-safe. `stats` is per calling thread."""
 
     def __init__(self, config: EngineConfig, pair: ModelPair, *, n_ctx: int, max_image_tokens: int = 0) -> None:
         llama_cpp, mtmd_cpp = bindings()
@@ -69,7 +122,10 @@ class LocalEngine:
         self._M = mtmd_cpp
         self.config = config
         self.pair = pair
-        self.stats = EngineStats()
+        self._local = threading.local()
+        self._totals = EngineStats()
+        self._totals_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
         quiet_native_logs(config.verbose)
         llama_cpp.llama_backend_init()
 
@@ -105,15 +161,20 @@ class LocalEngine:
         self.n_vocab = L.llama_vocab_n_tokens(self._vocab)
         n_ctx_train = L.llama_model_n_ctx_train(self._model)
         self.n_ctx = max(256, min(n_ctx, n_ctx_train) if n_ctx_train > 0 else n_ctx)
+        self._n_seq = max(1, config.parallel)
+        if self._n_seq > 1:  # llama.cpp gives each sequence n_ctx / n_seq_max cells, padded to 256
+            self.n_ctx = -(-self.n_ctx // 256) * 256
         # Image tokens are decoded non-causally: a whole image must fit in one ubatch or llama.cpp aborts.
         self.n_batch = max(512, max_image_tokens)
         self.threads = config.threads or default_threads()
 
         cparams = L.llama_context_default_params()
-        cparams.n_ctx = self.n_ctx
+        cparams.n_ctx = self.n_ctx * self._n_seq
         cparams.n_batch = self.n_batch
         cparams.n_ubatch = self.n_batch
-        cparams.n_seq_max = 1
+        # One KV stream per sequence (kv_unified off): each attends only to its own cells.
+        cparams.n_seq_max = self._n_seq
+        cparams.kv_unified = False
         cparams.n_threads = self.threads
         cparams.n_threads_batch = self.threads
         cparams.flash_attn_type = _FLASH.get(config.flash_attn, -1)
@@ -122,8 +183,12 @@ class LocalEngine:
         cparams.no_perf = True
         self._ctx = L.llama_init_from_model(self._model, cparams)
         if not self._ctx:
-            raise GemmapipeError("context", f"llama.cpp could not create a {self.n_ctx}-token context",
-                                 "lower {ctx_size} or use a smaller {cache_type}")
+            raise GemmapipeError("context", f"llama.cpp could not create a {self.n_ctx}-token context"
+                                 + (f" for each of {self._n_seq} sequences" if self._n_seq > 1 else ""),
+                                 "lower {ctx_size} or use a smaller {cache_type}"
+                                 + (" or fewer {jobs}" if self._n_seq > 1 else ""))
+        if self._n_seq > 1:
+            self.n_ctx = int(L.llama_n_ctx_seq(self._ctx))
         self._mem = L.llama_get_memory(self._ctx)
         self._adapters: list[Any] = []  # LoRA handles (core/lora.py), freed after the context in close()
         if config.lora:
@@ -173,12 +238,23 @@ class LocalEngine:
         }
         suppress = pair.model.get("tokenizer.ggml.suppress_tokens") or []
         self._suppress = [int(t) for t in suppress if 0 <= int(t) < self.n_vocab]
-        self._cached: list[tuple[Any, ...]] = []  # signatures of what sits in the KV cache, in order
-        self._n_past = 0
-        # SHA-256 of the prompt text up to its last media marker when the KV cache holds exactly a
-        # `prefill` of it (what `generate_cached` needs to trust a restored state); else None.
-        self._prefix_sha: str | None = None
+        self._slots = [_Slot(i) for i in range(self._n_seq)]
+        self._uses = 0
         self._batch = L.llama_batch_init(self.n_batch, 0, 1)
+        self._draft = config.draft
+        self._draft_max = max(0, config.draft_max)
+        if self._draft not in (None, "ngram"):
+            raise ModelError(f"draft {self._draft}", "a separate draft model is not supported yet",
+                             "use {draft} ngram (prompt lookup)")
+        # Who may run native work on the context: the decode thread per step, others through
+        # `_exclusive`. `_cond` guards the queues (its own lock, so callers never wait on a decode).
+        self._native = threading.RLock()
+        self._prep_lock = threading.Lock()
+        self._cond = threading.Condition(threading.Lock())
+        self._waiting: deque[_Request] = deque()
+        self._running = 0  # requests taken by the decode thread and not finished
+        self._paused = 0
+        self._closed = False
 
     # --- vocabulary helpers -------------------------------------------------------------------
     def _token_text(self, token: int) -> str:
@@ -340,28 +416,30 @@ class LocalEngine:
                 if M.mtmd_input_chunk_get_type(chunk) == CHUNK_TEXT:
                     continue
                 n = M.mtmd_input_chunk_get_n_tokens(chunk)
-                if M.mtmd_encode_chunk(self._mtmd, chunk) != 0:
-                    raise GemmapipeError("media", "mtmd_encode_chunk failed")
-                n_embd = self._L.llama_model_n_embd_inp(self._model)
-                ptr = M.mtmd_get_output_embd(self._mtmd)
-                return np.ctypeslib.as_array(ptr, shape=(n * n_embd,)).reshape(n, n_embd).copy()
+                with self._exclusive():  # the encoder's output buffer is shared with the decode thread
+                    if M.mtmd_encode_chunk(self._mtmd, chunk) != 0:
+                        raise GemmapipeError("media", "mtmd_encode_chunk failed")
+                    n_embd = self._L.llama_model_n_embd_inp(self._model)
+                    ptr = M.mtmd_get_output_embd(self._mtmd)
+                    return np.ctypeslib.as_array(ptr, shape=(n * n_embd,)).reshape(n, n_embd).copy()
             raise GemmapipeError("media", "no media chunk produced")
         finally:
             M.mtmd_input_chunks_free(chunks)
             M.mtmd_bitmap_free(bmp)
 
     def count_tokens(self, messages: list[Message], options: GenerateOptions) -> TokenCount:
-        prep = self._prepare(messages, options)
+        with self._prep_lock:
+            prep = self._prepare(messages, options)
         try:
             return TokenCount(prep.total, list(zip(prep.kinds, prep.n_tokens, strict=True)))
         finally:
             self._release(prep)
 
-    # --- evaluation -----------------------------------------------------------------------------
-    def _reuse_prefix(self, sigs: list[tuple[Any, ...]]) -> int:
-        """How many tokens at the start of the prompt are already in the KV cache."""
+    # --- evaluation (one sequence) ---------------------------------------------------------------
+    def _reuse_prefix(self, slot: _Slot, sigs: list[tuple[Any, ...]]) -> int:
+        """How many tokens at the start of the prompt are already in the slot's KV cache."""
         n_tokens = 0
-        for old, new in zip(self._cached, sigs, strict=False):
+        for old, new in zip(slot.cached, sigs, strict=False):
             if old == new:
                 n_tokens += _sig_tokens(new)
                 continue
@@ -375,23 +453,23 @@ class LocalEngine:
             break
         return n_tokens
 
-    def _trim_cache(self, keep: int) -> int:
-        """Drop KV entries from position `keep` on; return how many positions truly remain."""
+    def _trim_cache(self, slot: _Slot, keep: int) -> int:
+        """Drop the slot's KV entries from position `keep` on; return how many positions truly remain."""
         L = self._L
-        if keep >= self._n_past:
-            return self._n_past
-        ok = L.llama_memory_seq_rm(self._mem, 0, keep, -1)
+        if keep >= slot.n_past:
+            return slot.n_past
+        ok = L.llama_memory_seq_rm(self._mem, slot.seq, keep, -1)
         # A sliding-window cache may already have dropped positions the new tail would attend to.
-        pos_min = L.llama_memory_seq_pos_min(self._mem, 0)
+        pos_min = L.llama_memory_seq_pos_min(self._mem, slot.seq)
         window_ok = self.n_swa <= 0 or pos_min <= max(0, keep - self.n_swa)
         if not ok or (keep > 0 and not window_ok):
-            L.llama_memory_clear(self._mem, True)
-            self._cached, self._n_past = [], 0
+            L.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
+            slot.cached, slot.n_past = [], 0
             return 0
-        self._n_past = keep
+        slot.n_past = keep
         return keep
 
-    def _decode_tokens(self, tokens: list[int], pos: int, logits_last: bool) -> int:
+    def _decode_tokens(self, tokens: list[int], pos: int, logits_last: bool, seq: int = 0) -> int:
         L = self._L
         batch = self._batch
         for start in range(0, len(tokens), self.n_batch):
@@ -401,7 +479,7 @@ class LocalEngine:
                 batch.token[i] = tok
                 batch.pos[i] = pos + i
                 batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
+                batch.seq_id[i][0] = seq
                 batch.logits[i] = False
             last = start + len(part) >= len(tokens)
             batch.logits[len(part) - 1] = bool(logits_last and last)
@@ -413,18 +491,20 @@ class LocalEngine:
             pos += len(part)
         return pos
 
-    def _evaluate(self, prep: _Prepared, *, logits: bool = True) -> None:
-        """Bring the KV cache to exactly `prep`, evaluating what it does not hold yet; `logits`: ask
-        for the last position's logits (to sample from), as a prompt needs and a prefill does not."""
+    def _evaluate(self, slot: _Slot, prep: _Prepared, stats: EngineStats, *, logits: bool = True) -> None:
+        """Bring the slot's KV cache to exactly `prep`, evaluating what it does not hold yet; `logits`:
+        ask for the last position's logits (to sample from), as a prompt needs and a prefill does not."""
         M = self._M
-        self._prefix_sha = None
-        keep_tokens = self._reuse_prefix(prep.sigs)
+        seq = slot.seq
+        slot.prefix_sha = None
+        keep_tokens = self._reuse_prefix(slot, prep.sigs)
         if logits and keep_tokens >= prep.total:  # identical prompt: re-evaluate the last token for logits
             keep_tokens = prep.total - 1
         keep_tokens = _media_boundary(prep, keep_tokens)
-        actual = self._trim_cache(keep_tokens)
+        actual = self._trim_cache(slot, keep_tokens)
         if actual != keep_tokens:
             keep_tokens = 0
+        slot.cached = []  # unknown until the evaluation below completes
         n_past = keep_tokens
         evaluated = 0
         pos_in_chunks = 0
@@ -440,28 +520,29 @@ class LocalEngine:
             if sig[0] == "text":
                 skip = max(0, keep_tokens - chunk_start)
                 toks = list(sig[1 + skip :])
-                n_past = self._decode_tokens(toks, n_past, logits_last=last)
+                n_past = self._decode_tokens(toks, n_past, logits_last=last, seq=seq)
                 evaluated += len(toks)
             elif last:
-                n_past = self._eval_media_with_logits(M.mtmd_input_chunks_get(prep.chunks, i), n_past, n)
+                n_past = self._eval_media_with_logits(M.mtmd_input_chunks_get(prep.chunks, i), n_past, n, seq)
                 evaluated += n
             else:
                 new_n_past = self._L.llama_pos(0)
                 chunk = M.mtmd_input_chunks_get(prep.chunks, i)
-                rc = M.mtmd_helper_eval_chunk_single(self._mtmd, self._ctx, chunk, n_past, 0, self.n_batch, last,
+                rc = M.mtmd_helper_eval_chunk_single(self._mtmd, self._ctx, chunk, n_past, seq, self.n_batch, last,
                                                      ctypes.byref(new_n_past))
                 interrupt.check()
                 if rc != 0:
                     raise GemmapipeError("media", f"evaluating a {prep.kinds[i]} chunk failed (code {rc})")
                 n_past = new_n_past.value
                 evaluated += n
-        self._n_past = n_past
-        self._cached = list(prep.sigs)
-        self.stats.prompt_tokens = prep.total
-        self.stats.prompt_evaluated = evaluated
-        self.stats.total_prompt_evaluated += evaluated
+        slot.n_past = n_past
+        slot.cached = list(prep.sigs)
+        stats.prompt_tokens = prep.total
+        stats.prompt_evaluated = evaluated
+        with self._totals_lock:
+            self._totals.total_prompt_evaluated += evaluated
 
-    def _eval_media_with_logits(self, chunk: Any, n_past: int, n_tokens: int) -> int:
+    def _eval_media_with_logits(self, chunk: Any, n_past: int, n_tokens: int, seq: int = 0) -> int:
         """A prompt that ends on media (plain completion of audio, say) needs logits at its last
         embedding, which mtmd's helper never requests: encode the chunk and decode it ourselves."""
         L, M = self._L, self._M
@@ -476,7 +557,7 @@ class LocalEngine:
             for i in range(n_tokens):
                 batch.pos[i] = n_past + i
                 batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
+                batch.seq_id[i][0] = seq
                 batch.logits[i] = i == n_tokens - 1
             batch.n_tokens = n_tokens
             if non_causal:
@@ -534,8 +615,11 @@ class LocalEngine:
             L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(seed & 0xFFFFFFFF))
         return chain
 
+    # --- requests ---------------------------------------------------------------------------------
     def generate(self, messages: list[Message], options: GenerateOptions) -> Iterator[str]:
-        stream = self._generate_prepared(self._prepare(messages, options), options)
+        with self._prep_lock:  # mtmd preprocessing of one request at a time; decoding goes on meanwhile
+            prep = self._prepare(messages, options)
+        stream = self._submit(prep, options)
         # Gemma 4's calls come as text (<|tool_call>...<tool_call|>): parsed out, never shown.
         return gemma4.split_calls(stream, options.on_tool_call) if options.tools else stream
 
@@ -544,8 +628,9 @@ class LocalEngine:
         everything up to its last media and the tokens that close that media, nothing after. Then
         `save_state` holds what `generate_cached` can resume from. Returns how many tokens the KV
         cache holds; None, with nothing evaluated, when the prompt has no media or its text after the
-        last media does not tokenize on its own."""
-        prep = self._prepare(messages, options)
+        last media does not tokenize on its own. (Sequence 0; waits until no request runs.)"""
+        with self._prep_lock:
+            prep = self._prepare(messages, options)
         try:
             media = [i for i, k in enumerate(prep.kinds) if k != "text"]
             cut = _after_last_marker(prep.text, self.marker, len(media))
@@ -562,11 +647,18 @@ class LocalEngine:
             shared = _Prepared(prep.chunks, sigs, prep.kinds[: len(sigs)], counts, [], prep.text[:cut])
             if shared.total + 1 > self.n_ctx:
                 raise ContextOverflow("prompt", shared.total + 1, self.n_ctx)
+            stats = self._own_stats()
             t0 = time.perf_counter()
-            self._evaluate(shared, logits=False)
-            self.stats.prefill_s = time.perf_counter() - t0
-            self._prefix_sha = _sha(shared.text)
-            return self._n_past
+            with self._exclusive():
+                slot = self._slots[0]
+                try:
+                    self._evaluate(slot, shared, stats, logits=False)
+                except KeyboardInterrupt:
+                    self._clear_slot(slot)
+                    raise
+                stats.prefill_s = time.perf_counter() - t0
+                slot.prefix_sha = _sha(shared.text)
+                return slot.n_past
         finally:
             self._release(prep)
 
@@ -577,115 +669,401 @@ class LocalEngine:
         exactly the one prefilled (same text, same kinds of media in the same places)."""
         text, media = self._render(messages, options)
         cut = _after_last_marker(text, self.marker, len(media))
-        held = [("image" if s[1] == CHUNK_IMAGE else "audio") for s in self._cached if s[0] == "media"]
-        if (cut is None or not media or self._prefix_sha is None or _sha(text[:cut]) != self._prefix_sha
-                or [getattr(p, "kind", None) for p in media] != held):
-            return None
-        tail = self.tokenize(text[cut:], add_special=False, parse_special=True)
-        if not tail:
-            return None  # a prompt ending on its media needs the media's logits, which a state lacks
-        sigs = list(self._cached)
-        if sigs and sigs[-1][0] == "text":  # the media's closing tokens: one text chunk with the tail
-            sigs[-1] = (*sigs[-1], *tail)
-        else:
-            sigs.append(("text", *tail))
-        prep = _Prepared(None, sigs, ["text" if s[0] == "text" else "media" for s in sigs],
-                         [_sig_tokens(s) for s in sigs], [], text)
-        if self._reuse_prefix(sigs) < self._n_past:
-            return None
-        return self._generate_prepared(prep, options)
+        with self._exclusive():
+            slot = self._slots[0]
+            held = [("image" if s[1] == CHUNK_IMAGE else "audio") for s in slot.cached if s[0] == "media"]
+            if (cut is None or not media or slot.prefix_sha is None or _sha(text[:cut]) != slot.prefix_sha
+                    or [getattr(p, "kind", None) for p in media] != held):
+                return None
+            tail = self.tokenize(text[cut:], add_special=False, parse_special=True)
+            if not tail:
+                return None  # a prompt ending on its media needs the media's logits, which a state lacks
+            sigs = list(slot.cached)
+            if sigs and sigs[-1][0] == "text":  # the media's closing tokens: one text chunk with the tail
+                sigs[-1] = (*sigs[-1], *tail)
+            else:
+                sigs.append(("text", *tail))
+            prep = _Prepared(None, sigs, ["text" if s[0] == "text" else "media" for s in sigs],
+                             [_sig_tokens(s) for s in sigs], [], text)
+            if self._reuse_prefix(slot, sigs) < slot.n_past:
+                return None
+            return self._submit(prep, options, pin=slot)
 
-    def _generate_prepared(self, prep: _Prepared, options: GenerateOptions) -> Iterator[str]:
+    def _own_stats(self) -> EngineStats:
+        """A new stats object for a request of the calling thread (what `stats` shows it afterwards)."""
+        stats = EngineStats()
+        self._local.stats = stats
+        return stats
+
+    def _submit(self, prep: _Prepared, options: GenerateOptions, pin: _Slot | None = None) -> Iterator[str]:
+        """Queue one request (or, with one sequence, prefill it now); its text comes from the iterator."""
         try:
             if prep.total == 0:
                 raise GemmapipeError("prompt", "is empty", "give some text or an attachment")
             need = prep.total + max(1, options.max_tokens)
             if need > self.n_ctx:
                 raise ContextOverflow("prompt", need, self.n_ctx)
+        except BaseException:
+            self._release(prep)
+            raise
+        req = _Request(prep, options, self._own_stats(), pin)
+        if self._n_seq == 1:
+            try:  # in the caller's thread and now, so that a failing prompt raises here
+                self._admit(req, self._slots[0])
+            except BaseException as exc:
+                self._finish(req, "error", error=exc)
+                raise
+            return self._stream_inline(req)
+        with self._cond:
+            if self._closed:
+                self._release(prep)
+                raise GemmapipeError("engine", "is closed")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._schedule, name="gemmapipe-decode", daemon=True)
+                self._thread.start()
+            self._waiting.append(req)
+            self._cond.notify_all()
+        return self._stream_queued(req)
+
+    def _stream_inline(self, req: _Request) -> Iterator[str]:
+        """One sequence: the caller's thread drives the decode steps itself."""
+        try:
+            while True:
+                while not req.out:
+                    if req.finished:
+                        return
+                    self._step([req])
+                yield req.out.popleft()
+        except KeyboardInterrupt as exc:
+            if not req.finished:  # stopped between two steps: what was evaluated is consistent, keep it
+                self._finish(req, "interrupted", error=exc)
+            raise
+        except BaseException as exc:
+            if not req.finished:
+                self._finish(req, "error", error=exc)
+            raise
+        finally:
+            if not req.finished:  # the reader stopped early (closed the generator)
+                self._finish(req, "cancelled")
+
+    def _stream_queued(self, req: _Request) -> Iterator[str]:
+        """Several sequences: the decode thread fills the request's queue; this thread reads it."""
+        try:
+            while True:
+                with self._cond:
+                    while not req.out and not req.finished:
+                        self._cond.wait(0.5)  # a timeout keeps Ctrl-C responsive in the main thread
+                    item = req.out.popleft() if req.out else None
+                if item is not None:
+                    yield item
+                    continue
+                if req.error is not None:
+                    raise req.error
+                return
+        finally:
+            if not req.finished:
+                req.cancelled = True  # the decode thread drops it at its next step
+
+    # --- the decode thread (several sequences) ----------------------------------------------------
+    def _schedule(self) -> None:
+        """Owns the llama context while requests run: admits waiting requests into free sequences
+        (prefill, one at a time), then decodes one token (plus drafts) of every active sequence per
+        `llama_decode`. A finished request frees its sequence for the next one at once."""
+        active: list[_Request] = []
+        while True:
+            with self._cond:
+                while not self._closed and (self._paused or not (self._waiting or active)):
+                    self._cond.wait()
+                if self._closed:
+                    doomed = [*active, *self._waiting]
+                    self._waiting.clear()
+                    break
+                admit: list[tuple[_Request, _Slot]] = []
+                free = [s for s in self._slots if not s.busy]
+                for req in list(self._waiting):
+                    if not free:
+                        break
+                    slot = self._choose_slot(req, free)
+                    if slot is None:
+                        continue
+                    free.remove(slot)
+                    slot.busy = True
+                    self._waiting.remove(req)
+                    admit.append((req, slot))
+                self._running += len(admit)
+            with self._native:
+                for req, slot in admit:
+                    if req.cancelled:
+                        self._finish(req, "cancelled", slot=slot)
+                        continue
+                    try:
+                        self._admit(req, slot)
+                    except BaseException as exc:  # this request fails; the others go on
+                        self._finish(req, "error", error=exc, slot=slot)
+                        continue
+                    if not req.finished:
+                        active.append(req)
+                for req in active:
+                    if req.cancelled and not req.finished:
+                        self._finish(req, "cancelled")
+                active = [r for r in active if not r.finished]
+                if not active:
+                    continue
+                try:
+                    self._step(active)
+                except BaseException as exc:  # a failed decode (or a signal) fails every request in it
+                    reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else "error"
+                    for req in active:
+                        if not req.finished:
+                            self._finish(req, reason, error=exc)
+                active = [r for r in active if not r.finished]
+        for req in doomed:
+            req.error = GemmapipeError("engine", "was closed before the answer was complete")
+            req.finished = True
+        with self._cond:
+            self._cond.notify_all()
+
+    def _choose_slot(self, req: _Request, free: list[_Slot]) -> _Slot | None:
+        """The free sequence that already holds the longest prefix of this prompt (its own prefix
+        cache: a batch with a shared prompt evaluates it once per sequence, then reuses it)."""
+        if req.pin is not None:
+            return req.pin if req.pin in free else None
+        return max(free, key=lambda s: (self._reuse_prefix(s, req.prep.sigs), -s.last_used))
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """The llama context for the calling thread alone: with several sequences, no request runs
+        meanwhile (state save/restore and prefill work on sequence 0)."""
+        if self._thread is None:
+            with self._native:
+                yield
+            return
+        with self._cond:
+            self._paused += 1
+            while self._running:
+                self._cond.wait(0.5)
+        try:
+            with self._native:
+                yield
+        finally:
+            with self._cond:
+                self._paused -= 1
+                self._cond.notify_all()
+
+    # --- decoding ---------------------------------------------------------------------------------
+    def _admit(self, req: _Request, slot: _Slot) -> None:
+        """Prefill the request into `slot` and sample its first token from the prompt's logits."""
+        L = self._L
+        req.slot = slot
+        slot.busy = True
+        try:
             t0 = time.perf_counter()
             interrupt.stage("prefill")
-            self._L.llama_set_abort_callback(self._ctx, self._abort, None)
+            L.llama_set_abort_callback(self._ctx, self._abort, None)
             try:
-                self._evaluate(prep)
+                self._evaluate(slot, req.prep, req.stats)
             except KeyboardInterrupt:
-                self.reset()  # a prefill stopped midway leaves the KV cache unknown: start clean next time
+                self._clear_slot(slot)  # a prefill stopped midway leaves the KV cache unknown
                 raise
             finally:
-                self._L.llama_set_abort_callback(self._ctx, self._no_abort, None)
-            self.stats.prefill_s = time.perf_counter() - t0
+                L.llama_set_abort_callback(self._ctx, self._no_abort, None)
+            req.stats.prefill_s = time.perf_counter() - t0
+            if self._draft == "ngram":
+                req.ngram = NgramDraft(_history(req.prep.sigs))
+            req.chain = self._sampler(req.options)
         finally:
-            self._release(prep)
-        return self._decode_loop(options)
-
-    def _decode_loop(self, options: GenerateOptions) -> Iterator[str]:
-        L = self._L
-        chain = self._sampler(options)
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        thought = codecs.getincrementaldecoder("utf-8")("replace")
-        in_thought = False
-        generated: list[int] = []  # sampled and evaluated, so in the KV cache
-        self.stats.generated = 0
-        self.stats.stop_reason = "length"
-        t0 = time.perf_counter()
+            self._release(req.prep)
+        req.t0 = time.perf_counter()
         interrupt.stage("decode")
-        try:
-            for i in range(options.max_tokens):
-                if self._n_past >= self.n_ctx:
-                    self.stats.stop_reason = "context"
-                    break
-                tok = L.llama_sampler_sample(chain, self._ctx, -1)
-                if L.llama_vocab_is_eog(self._vocab, tok) or tok in self._stop_ids:
-                    self.stats.stop_reason = "eog"
-                    break
-                self.stats.generated += 1
-                self.stats.total_generated += 1
-                # Hand the text out first, then evaluate the token for the next one: the reader sees
-                # each piece one forward pass sooner, and the last token is never evaluated for nothing.
-                if tok == self._thought_open:
-                    in_thought = True
-                elif tok == self._thought_close:
-                    in_thought = False
-                elif in_thought:
-                    text = thought.decode(self._piece(tok))
-                    if text and options.on_thought:
-                        options.on_thought(text)
-                else:
-                    text = decoder.decode(self._piece(tok))
-                    if text:
-                        yield text
-                if i + 1 < options.max_tokens:
-                    self._decode_tokens([tok], self._n_past, logits_last=True)
-                    self._n_past += 1
-                    generated.append(tok)
-            tail = decoder.decode(b"", final=True)
-            if tail:
-                yield tail
-        finally:
-            L.llama_sampler_free(chain)
-            self.stats.decode_s = time.perf_counter() - t0
-            self._merge_generated(generated)
+        if slot.n_past >= self.n_ctx:
+            self._finish(req, "context")
+            return
+        tok = L.llama_sampler_sample(req.chain, self._ctx, -1)
+        if self._take(req, tok):
+            req.pending = tok
 
-    def _merge_generated(self, generated: list[int]) -> None:
+    def _take(self, req: _Request, tok: int) -> bool:
+        """Hand out one sampled token; False once the request is finished (end of turn, length)."""
+        if self._L.llama_vocab_is_eog(self._vocab, tok) or tok in self._stop_ids:
+            self._finish(req, "eog")
+            return False
+        req.stats.generated += 1
+        if req.ngram is not None:
+            req.ngram.push(tok)
+        if tok == self._thought_open:
+            req.in_thought = True
+        elif tok == self._thought_close:
+            req.in_thought = False
+        elif req.in_thought:
+            text = req.thought.decode(self._piece(tok))
+            if text and req.options.on_thought:
+                req.options.on_thought(text)
+        else:
+            text = req.decoder.decode(self._piece(tok))
+            if text:
+                self._emit(req, text)
+        if req.stats.generated >= req.options.max_tokens:
+            self._finish(req, "length")
+            return False
+        return True
+
+    def _emit(self, req: _Request, text: str) -> None:
+        if self._thread is None:
+            req.out.append(text)
+            return
+        with self._cond:
+            req.out.append(text)
+            self._cond.notify_all()
+
+    def _step(self, reqs: list[_Request]) -> None:
+        """One `llama_decode` for every active request: its pending token and any drafted tokens,
+        each row with logits; then each position is sampled with the request's own chain, drafted
+        tokens kept while they equal what was sampled, and the KV rows after the first mismatch
+        removed. With no draft this is exactly one token per request and step."""
+        L = self._L
+        batch = self._batch
+        plan: list[tuple[_Request, int, list[int]]] = []
+        rows = 0
+        for req in reqs:
+            slot = req.slot
+            assert slot is not None and req.pending is not None
+            draft: list[int] = []
+            if req.ngram is not None:
+                room = min(self._draft_max, req.options.max_tokens - req.stats.generated - 1,
+                           self.n_ctx - slot.n_past - 1, self.n_batch - rows - 1)
+                draft = req.ngram.propose(room)
+            plan.append((req, rows, draft))
+            for j, tok in enumerate([req.pending, *draft]):
+                batch.token[rows] = tok
+                batch.pos[rows] = slot.n_past + j
+                batch.n_seq_id[rows] = 1
+                batch.seq_id[rows][0] = slot.seq
+                batch.logits[rows] = True
+                rows += 1
+        batch.n_tokens = rows
+        rc = L.llama_decode(self._ctx, batch)
+        if interrupt.requested():  # a decode is short: a signal is answered after it
+            for req, _, _ in plan:  # this step's rows never reached the bookkeeping: take them back out
+                if req.slot is not None:
+                    L.llama_memory_seq_rm(self._mem, req.slot.seq, req.slot.n_past, -1)
+            raise KeyboardInterrupt
+        if rc != 0:
+            raise GemmapipeError("decode", f"llama_decode failed (code {rc})",
+                                 "the context may be full: raise {ctx_size}")
+        for req, start, draft in plan:
+            slot = req.slot
+            assert slot is not None and req.pending is not None
+            end = slot.n_past + 1 + len(draft)  # positions written by this step
+            slot.n_past += 1
+            req.generated.append(req.pending)
+            req.pending = None
+            req.stats.drafted += len(draft)
+            for j in range(len(draft) + 1):
+                if slot.n_past >= self.n_ctx:
+                    self._finish(req, "context")
+                    break
+                tok = L.llama_sampler_sample(req.chain, self._ctx, start + j)
+                if j < len(draft) and tok == draft[j]:
+                    req.stats.accepted += 1
+                    if not self._take(req, tok):
+                        break
+                    slot.n_past += 1  # the drafted row holds exactly this token: keep it
+                    req.generated.append(tok)
+                    continue
+                if self._take(req, tok):
+                    req.pending = tok
+                break
+            if slot.n_past < end:  # drafted rows past the first mismatch
+                L.llama_memory_seq_rm(self._mem, slot.seq, slot.n_past, -1)
+
+    def _finish(self, req: _Request, reason: str, *, error: BaseException | None = None,
+                slot: _Slot | None = None) -> None:
+        """End a request: flush its text, free its sampler, fold what it evaluated into its sequence's
+        cache bookkeeping (or forget the sequence's cache after a failure) and free the sequence."""
+        if req.finished:
+            return
+        slot = slot or req.slot
+        stats = req.stats
+        if reason != "error":
+            stats.stop_reason = reason
+        tail = req.decoder.decode(b"", final=True)
+        if req.chain is not None:
+            self._L.llama_sampler_free(req.chain)
+            req.chain = None
+        if req.t0:
+            stats.decode_s = time.perf_counter() - req.t0
+        if slot is not None:
+            if reason == "error":
+                self._clear_slot(slot)  # a failed decode leaves the sequence's KV rows unknown
+            else:
+                self._merge_generated(slot, req.generated)
+            slot.busy = False
+            self._uses += 1
+            slot.last_used = self._uses
+        with self._totals_lock:
+            t = self._totals
+            t.total_generated += stats.generated
+            t.total_drafted += stats.drafted
+            t.total_accepted += stats.accepted
+            t.total_prompt_tokens += stats.prompt_tokens
+            t.total_prefill_s += stats.prefill_s
+            t.total_decode_s += stats.decode_s
+        self._fill_totals(stats)
+        with self._cond:
+            if tail and error is None:
+                req.out.append(tail)
+            req.error = error
+            req.finished = True
+            if self._thread is not None and slot is not None:
+                self._running -= 1
+            self._cond.notify_all()
+
+    def _merge_generated(self, slot: _Slot, generated: list[int]) -> None:
         """Fold the evaluated generated tokens into the last cache signature, so a follow-up turn that
         renders the same answer back as text can reuse it (the template re-tokenizes it as one run)."""
         if generated:
-            if self._cached and self._cached[-1][0] == "text":
-                self._cached[-1] = (*self._cached[-1], *generated)
+            if slot.cached and slot.cached[-1][0] == "text":
+                slot.cached[-1] = (*slot.cached[-1], *generated)
             else:
-                self._cached.append(("text", *generated))
+                slot.cached.append(("text", *generated))
 
     # --- state ----------------------------------------------------------------------------------
+    @property
+    def stats(self) -> EngineStats:
+        """The last request of the calling thread, with the engine's totals."""
+        stats = getattr(self._local, "stats", None)
+        if stats is None:
+            stats = self._local.stats = EngineStats()
+        self._fill_totals(stats)
+        return stats
+
+    def _fill_totals(self, stats: EngineStats) -> None:
+        with self._totals_lock:
+            t = self._totals
+            stats.total_prompt_evaluated, stats.total_generated = t.total_prompt_evaluated, t.total_generated
+            stats.total_drafted, stats.total_accepted = t.total_drafted, t.total_accepted
+            stats.total_prompt_tokens, stats.total_prefill_s = t.total_prompt_tokens, t.total_prefill_s
+            stats.total_decode_s = t.total_decode_s
+
+    def _clear_slot(self, slot: _Slot) -> None:
+        self._L.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
+        slot.cached, slot.n_past, slot.prefix_sha = [], 0, None
+
     def reset(self) -> None:
-        self._L.llama_memory_clear(self._mem, True)
-        self._cached, self._n_past, self._prefix_sha = [], 0, None
+        with self._exclusive():
+            self._L.llama_memory_clear(self._mem, True)
+            for slot in self._slots:
+                slot.cached, slot.n_past, slot.prefix_sha = [], 0, None
 
     def save_state(self) -> EngineState:
-        """The KV cache of the sequence (llama.cpp's bytes) plus our bookkeeping, as plain data."""
+        """The KV cache of sequence 0 (llama.cpp's bytes) plus our bookkeeping, as plain data."""
         L = self._L
-        size = L.llama_state_seq_get_size(self._ctx, 0)
-        data = bytearray(size)
-        n = L.llama_state_seq_get_data(self._ctx, (ctypes.c_uint8 * size).from_buffer(data), size, 0)
-        info = {"n_past": self._n_past, "chunks": [list(s) for s in self._cached], "prefix_sha256": self._prefix_sha}
+        with self._exclusive():
+            slot = self._slots[0]
+            size = L.llama_state_seq_get_size(self._ctx, slot.seq)
+            data = bytearray(size)
+            n = L.llama_state_seq_get_data(self._ctx, (ctypes.c_uint8 * size).from_buffer(data), size, slot.seq)
+            info = {"n_past": slot.n_past, "chunks": [list(s) for s in slot.cached], "prefix_sha256": slot.prefix_sha}
         return EngineState(memoryview(data)[:n], info)
 
     def load_state(self, state: EngineState) -> None:
@@ -700,14 +1078,16 @@ class LocalEngine:
         else:
             buf = (ctypes.c_uint8 * len(kv)).from_buffer(kv)
         L = self._L
-        self.reset()
-        if L.llama_state_seq_set_data(self._ctx, buf, len(kv), 0) == 0:
-            self.reset()
-            raise StateError("llama.cpp refused the saved state (another model, setup or llama.cpp version)")
-        if L.llama_memory_seq_pos_max(self._mem, 0) + 1 != n_past:
-            self.reset()
-            raise StateError("the saved state holds another number of positions than its bookkeeping says")
-        self._cached, self._n_past, self._prefix_sha = sigs, n_past, prefix
+        with self._exclusive():
+            slot = self._slots[0]
+            self._clear_slot(slot)
+            if L.llama_state_seq_set_data(self._ctx, buf, len(kv), slot.seq) == 0:
+                self._clear_slot(slot)
+                raise StateError("llama.cpp refused the saved state (another model, setup or llama.cpp version)")
+            if L.llama_memory_seq_pos_max(self._mem, slot.seq) + 1 != n_past:
+                self._clear_slot(slot)
+                raise StateError("the saved state holds another number of positions than its bookkeeping says")
+            slot.cached, slot.n_past, slot.prefix_sha = sigs, n_past, prefix
 
     def _read_state_info(self, info: Any) -> tuple[list[tuple[Any, ...]], int, str | None]:
         """The bookkeeping of a saved state, checked for shape (it comes from disk)."""
@@ -759,6 +1139,13 @@ class LocalEngine:
 
     def close(self) -> None:
         L, M = self._L, self._M
+        if getattr(self, "_thread", None) is not None:
+            with self._cond:
+                self._closed = True
+                self._cond.notify_all()
+            assert self._thread is not None
+            self._thread.join()
+            self._thread = None
         if getattr(self, "_batch", None) is not None:
             L.llama_batch_free(self._batch)
             self._batch = None
@@ -801,6 +1188,17 @@ def _media_boundary(prep: _Prepared, keep: int) -> int:
             return start
         start += n
     return keep
+
+
+def _history(sigs: list[tuple[Any, ...]]) -> list[int]:
+    """The prompt's tokens for n-gram lookup; each media chunk one separator."""
+    out: list[int] = []
+    for sig in sigs:
+        if sig[0] == "text":
+            out.extend(sig[1:])
+        else:
+            out.append(SEPARATOR)
+    return out
 
 
 def _sig_tokens(sig: tuple[Any, ...]) -> int:

@@ -69,5 +69,8 @@ def describe(source: Source, engine_for: Callable[[], Engine], options: Describe
     meta = {"image_size": [int(pixels.shape[1]), int(pixels.shape[0])],
             "prompt_tokens": stats.prompt_tokens, "prompt_evaluated": stats.prompt_evaluated,
             "generated_tokens": stats.generated, "seconds": round(time.perf_counter() - t0, 3)}
+    if stats.drafted:  # speculative decoding: what was drafted for this answer and kept
+        meta["draft"] = {"drafted": stats.drafted, "accepted": stats.accepted,
+                         "acceptance": round(stats.accepted / stats.drafted, 4)}
     return Description(file=source.name, text=text, data=data, meta=meta)
 

@@ -64,6 +64,7 @@ class VideoOptions:
     # frames under it are sent at the size it would raise them to (core.media.frames.frame_size).
     frame_floor_tokens: int = 0
     generate: GenerateOptions = field(default_factory=lambda: GenerateOptions(max_tokens=768))
+    jobs: int = 1  # windows answered at once (an engine that takes concurrent requests)
 
 
 @dataclass
@@ -446,13 +447,19 @@ def video(source: Source, engine_for: Callable[[int], Engine], options: VideoOpt
         meta["prompt_evaluated"] = prefilled + engine.stats.prompt_evaluated
         meta["windows"] = 1
     else:
+        from ..parallel import ordered_map
+
         windows = split_windows(tl.items, prompt_budget)
         answers = []
-        for i, win in enumerate(windows):
+
+        def window_answer(win: list[Any]) -> str:  # the windows are independent: -j answers them at once
             span = _span(win, int(1000 / options.fps))
             msg = [Message("user", [*item_parts(win), Text(f"\nThis is the part {span} of a longer video. "
                                                           + options.prompt)])]
-            answers.append(f"{span} {_generate(engine, msg, options.generate)}")
+            return f"{span} {_generate(engine, msg, options.generate)}"
+
+        for i, text in enumerate(ordered_map(window_answer, windows, options.jobs)):
+            answers.append(text)
             if on_progress:
                 on_progress((i + 1) / (len(windows) + 1))
         combined = "\n".join(answers)
@@ -462,5 +469,9 @@ def video(source: Source, engine_for: Callable[[int], Engine], options: VideoOpt
         text = _generate(engine, reduce, options.generate)
         meta["windows"] = len(windows)
         meta["window_answers"] = answers
+    stats = engine.stats
+    if stats.total_drafted:  # speculative decoding over the engine's life (this video's answers)
+        meta["draft"] = {"drafted": stats.total_drafted, "accepted": stats.total_accepted,
+                         "acceptance": round(stats.total_accepted / stats.total_drafted, 4)}
     meta["seconds"] = round(time.perf_counter() - t0, 3)
     return Description(file=source.name, text=text, meta=meta)

@@ -485,3 +485,19 @@ def build_av_probe(out_dir: Path, vision_probe: Path | str, audio_probe: Path | 
         extra_kv={KEY_KIND: "av", KEY_TOKENS: [int(t) for t in cb_v], KEY_VERSION: BUILDER_VERSION},
     )
     return path
+
+
+_SUBJECTS = ["The quick brown fox", "The lazy dog", "Hello, world", "Speaker 1", "Speaker 2",
+             "The capital of France", "The brown dog", "Hello, Paris"]
+_ENDS = ["jumps over the lazy dog.", "is Paris.", "How are you today?", "see you tomorrow!", "is 1 2 3.",
+         "is 4 5 6 7.", "Thank you!", "is the capital of the country."]
+
+
+def probe_sentences(n: int) -> list[str]:
+    """`n` distinct short sentences made only of the default codebook's tokens (for batches of
+    probe clips and images)."""
+    out = []
+    for k in range(n):
+        a, b = _SUBJECTS[k % len(_SUBJECTS)], _ENDS[(k * 3 + k // len(_SUBJECTS)) % len(_ENDS)]
+        out.append(f"{a} {b}" if k < len(_SUBJECTS) * len(_ENDS) else f"{a} {b} {k}")
+    return out
