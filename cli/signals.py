@@ -25,8 +25,8 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
         finally:
             os._exit(130)
     interrupt.request()
-    if interrupt.in_callback(frame):
-        return  # the engine stops at its next check, in ordinary code
+    if interrupt.in_callback(frame) or interrupt.in_deferred():
+        return  # the engine stops at its next check, or the step in progress ends, in ordinary code
     raise KeyboardInterrupt
 
 

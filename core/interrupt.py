@@ -16,10 +16,11 @@ process SECONDS (default 0.05) after the stage starts, so the signal lands insid
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import CodeType, FrameType
 from typing import Any, TypeVar
 
@@ -47,6 +48,29 @@ def check() -> None:
     """Raise KeyboardInterrupt if a stop was requested (call after every native call that can last)."""
     if _requested.is_set():
         raise KeyboardInterrupt
+
+
+_deferring = 0  # > 0 while the main thread is in a step a signal must not split (see deferred)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Run a short step whole: a signal landing inside only sets the flag (the handler sees
+    `in_deferred()`), and KeyboardInterrupt is raised once the step is done. Masking the signal would
+    not do: a signal blocked in the main thread is taken by another thread, and Python still runs its
+    handler in the main thread at the next bytecode."""
+    global _deferring
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+    if _deferring == 0 and _requested.is_set() and threading.current_thread() is threading.main_thread():
+        raise KeyboardInterrupt
+
+
+def in_deferred() -> bool:
+    return _deferring > 0 and threading.current_thread() is threading.main_thread()
 
 
 def native_callback(func: F) -> F:

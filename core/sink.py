@@ -32,27 +32,12 @@ _NAME_MAX = 255
 _STDOUT_NAMES = {"-", "/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"}
 
 
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM (delivered on exit from the block) around a step a signal must not split,
-    such as creating a temporary file and recording it for removal. Only the main thread takes them."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
-
-
 def make_temp(*, prefix: str, suffix: str, dir: str | Path | None = None) -> tuple[int, str]:
     """mkstemp, with the new file recorded for removal on any exit before a signal can intervene
     (Python's first look for $TMPDIR, which creates and removes a probe file, is covered too)."""
-    with signals_held():
+    from . import interrupt
+
+    with interrupt.deferred():
         fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=dir)
         _ACTIVE.add(path)
     return fd, path

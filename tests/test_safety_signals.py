@@ -171,3 +171,30 @@ def test_second_signal_ends_at_once(gemma3_270m: Path, audio_probe: Path, tmp_pa
     assert b"Traceback" not in err
     assert not (tmp_path / "t.txt").exists()
     assert_clean(tmp_path)
+
+
+def test_a_signal_never_splits_creating_and_recording_a_temporary(tmp_path: Path) -> None:
+    """A signal taken by another thread (as it is when the main thread holds it) still runs its Python
+    handler in the main thread: inside `deferred` it only sets the flag, and KeyboardInterrupt comes
+    once the step is done, so the temporary made there is recorded and removed."""
+    code = f"""
+import os, signal, sys, threading, time, tempfile
+tempfile.tempdir = None
+os.environ["TMPDIR"] = {str(tmp_path)!r}
+from gemmapipe.cli.signals import install_signal_handlers
+from gemmapipe.core import interrupt, sink
+install_signal_handlers()
+inside = "no"
+try:
+    with interrupt.deferred():
+        threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGINT)).start()
+        time.sleep(0.3)  # bytecode runs here: the handler runs, and must not raise
+        fd, path = sink.make_temp(prefix="x-", suffix=".part")
+        inside = "survived"
+except KeyboardInterrupt:
+    print(inside, "interrupted after the step")
+sink.remove_temp_files()
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "survived interrupted after the step", proc.stdout + proc.stderr
+    assert list(tmp_path.iterdir()) == []
