@@ -429,7 +429,14 @@ class Session:
             targets = [(output_path_for(output_dir, spec, e), spec) for spec in inputs for e in exts]
             check_outputs(targets, inputs, parameter="output_dir")
         else:
-            check_outputs([(self.config.output, "")], inputs, parameter="output")
+            out = self.config.output
+            if out == "":
+                raise UsageError(None, "is empty", "give a file name, or - for stdout", parameter="output")
+            if not is_stdout(out) and (out.endswith("/") or os.path.isdir(out)):
+                raise UsageError(None, f"{out} is a directory",
+                                 "give a file name; {output_dir} DIR writes one file per input there",
+                                 parameter="output")
+            check_outputs([(out, "")], inputs, parameter="output")
 
     # --- batches --------------------------------------------------------------------------------
     def check_input_list(self, inputs: list[str]) -> None:

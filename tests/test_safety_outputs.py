@@ -367,3 +367,18 @@ def test_non_utf8_name_to_stdout_in_a_real_process(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     plan = json.loads(proc.stdout.decode("utf-8"))
     assert os.fsencode(plan["file"]) == raw
+
+
+@pytest.mark.parametrize("target", ["", ".", "sub/", "newdir/"])
+def test_output_that_names_a_directory_or_nothing_is_refused(target: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str],
+                                                             fake_engine: list) -> None:  # noqa: F811
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    speech(tmp_path / "talk.wav")
+    before = snapshot(tmp_path)
+    assert run(["transcribe", "-o", target, "talk.wav"]) == ExitStatus.USAGE
+    one_error_line(capsys.readouterr().err)
+    assert snapshot(tmp_path) == before and not (tmp_path / "newdir").exists()
+    assert not fake_engine
