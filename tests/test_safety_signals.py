@@ -101,10 +101,11 @@ def test_signal_stops_the_model_at_each_stage(stage: str, sig: int, gemma3_270m:
     assert_clean(tmp_path)
 
 
-def test_signal_during_media_decoding(gemma3_270m: Path, audio_probe: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_during_media_decoding(sig: int, gemma3_270m: Path, audio_probe: Path, tmp_path: Path) -> None:
     wav = noise_speech(tmp_path / "long.wav", 600)
     code, err, waited = run_with_fault(["transcribe", "-m", str(gemma3_270m), "--mmproj", str(audio_probe),
-                                        "--output-dir", str(tmp_path / "o"), str(wav)], "media", signal.SIGINT,
+                                        "--output-dir", str(tmp_path / "o"), str(wav)], "media", sig,
                                        tmp_path, delay=0.0)
     assert code == ExitStatus.INTERRUPTED, err
     assert waited < DEADLINE_S
@@ -112,14 +113,16 @@ def test_signal_during_media_decoding(gemma3_270m: Path, audio_probe: Path, tmp_
     assert_clean(tmp_path)
 
 
-def test_signal_while_spooling_stdin_leaves_no_spool(gemma3_270m: Path, vision_probe: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_while_spooling_stdin_leaves_no_spool(sig: int, gemma3_270m: Path, vision_probe: Path,
+                                                     tmp_path: Path) -> None:
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     os.environ["TMPDIR"] = str(tmpdir)
     try:
         png = b"\x89PNG\r\n\x1a\n" + b"\x00" * (64 << 20)
         code, err, waited = run_with_fault(["describe", "-m", str(gemma3_270m), "--mmproj", str(vision_probe), "-"],
-                                           "spool", signal.SIGINT, tmp_path, stdin=png, delay=0.0)
+                                           "spool", sig, tmp_path, stdin=png, delay=0.0)
     finally:
         del os.environ["TMPDIR"]
     assert code == ExitStatus.INTERRUPTED, err
