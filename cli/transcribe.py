@@ -1,6 +1,5 @@
 """gemmapipe transcribe INPUT...: speech to text."""
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -139,58 +138,12 @@ def complete_target(incomplete: str) -> list[tuple[str, str]]:
     return [pair for pair in complete_language(incomplete) if pair[0] != "auto"]
 
 
-def run_segments(inputs: list[str], *, runner: Runner, fmts: list[str], rules: Any, output_dir: Path | None,
-                 fail_fast: bool, task: Callable[..., Any], meta: dict[str, Any], skip_existing: bool = False,
-                 errors_as_records: bool = False, span: tuple[int | None, int | None] = (None, None),
-                 bilingual: bool = False) -> int:
-    """Shared by transcribe and diarize: one writer per stream (or per file with --output-dir); with
-    several formats one file per input and format, all written from the same segments."""
-    from gemmapipe.core.audio_format import SAMPLE_RATE
-    from gemmapipe.core.media.source import open_input
-    from gemmapipe.core.writers import get_writer
-
-    ext: str | list[str] = fmts if len(fmts) > 1 else fmts[0]
-    runner.plan_outputs(inputs, output_dir=output_dir, ext=ext)  # before the model: nothing runs onto an input
-    runner.model_pair()  # a missing or wrong model fails before any decoding (exit 4)
-
-    def process(spec: str, writer: Any) -> None:
-        # under -j, what an input writes is held until earlier inputs are written
-        with open_input(spec, warn=runner.warn) as src, runner.ordered_output(writer) as out:
-            info: dict[str, Any] = dict(meta)
-            out.begin(src.name, info)
-            first_s, total_s = progress_span(src, *span)
-            with runner.progress(src.name, total_s) as advance:
-                result = task(src, on_segment=out.segment,
-                              on_progress=lambda s: advance(s / SAMPLE_RATE - first_s))
-            info.update(result.meta)
-            info.update(src.meta())  # warnings, NaN samples replaced
-            info.update(runner_meta(runner))
-            out.end(src.name, info)
-
-    def make_writer(out: Any, *, fmt: str = fmts[0], **kw: Any) -> Any:
-        return get_writer(fmt, out, rules=rules, bilingual=bilingual, **kw)
-
+def run_segments(inputs: list[str], *, runner: Runner, **kw: Any) -> int:
+    """Shared by transcribe and diarize (see Session.run_transcripts); the session is closed after."""
     try:
-        return runner.write_batch(inputs, process, make_writer=make_writer, ext=ext, output_dir=output_dir,
-                                  fail_fast=fail_fast, skip_existing=skip_existing,
-                                  errors_as_records=errors_as_records)
+        return runner.run_transcripts(inputs, **kw)
     finally:
         runner.close()
-
-
-def progress_span(src: Any, start_ms: int | None, end_ms: int | None) -> tuple[float, float | None]:
-    """(first second, seconds to go through) of an input for its progress bar: from --start to --end
-    or the end of the audio; the length is None when it is not known (a live pipe)."""
-    info = getattr(src, "info", None)
-    duration = (info.audio_duration_ms or info.duration_ms) if info is not None else None
-    end = min(x for x in (end_ms, duration) if x) if (end_ms or duration) else None
-    first = start_ms or 0
-    return first / 1000, (max(1, end - first) / 1000 if end is not None else None)
-
-
-def runner_meta(runner: Runner) -> dict[str, Any]:
-    """Model file, sha256 prefix and parameters for json output (only once a model was loaded)."""
-    return runner.meta()
 
 
 @with_common

@@ -612,6 +612,43 @@ class Session:
             raise pending
         return status
 
+    def run_transcripts(self, inputs: list[str], *, fmts: list[str], task: Callable[..., Any],
+                        meta: dict[str, Any], rules: Any = None, output_dir: Path | None = None,
+                        fail_fast: bool = False, skip_existing: bool = False, errors_as_records: bool = False,
+                        span: tuple[int | None, int | None] = (None, None), bilingual: bool = False) -> int:
+        """transcribe and diarize: each input's segments, as `task(source, on_segment=, on_progress=)`
+        produces them, to one writer per stream (or per file with `output_dir`); with several formats
+        one file per input and format, all written from the same segments. `span`: the start and end
+        (ms) the task reads, for the progress bar."""
+        from .audio_format import SAMPLE_RATE
+        from .media.source import open_input
+        from .writers import get_writer
+
+        ext: str | list[str] = fmts if len(fmts) > 1 else fmts[0]
+        self.plan_outputs(inputs, output_dir=output_dir, ext=ext)  # before the model: nothing runs onto an input
+        self.model_pair()  # a missing or wrong model fails before any decoding (exit 4)
+
+        def process(spec: str, writer: Any) -> None:
+            # under jobs > 1, what an input writes is held until earlier inputs are written
+            with open_input(spec, warn=self.warn) as src, self.ordered_output(writer) as out:
+                info: dict[str, Any] = dict(meta)
+                out.begin(src.name, info)
+                first_s, total_s = progress_span(src, *span)
+                with self.progress(src.name, total_s) as advance:
+                    result = task(src, on_segment=out.segment,
+                                  on_progress=lambda s: advance(s / SAMPLE_RATE - first_s))
+                info.update(result.meta)
+                info.update(src.meta())  # warnings, NaN samples replaced
+                info.update(self.meta())
+                out.end(src.name, info)
+
+        def make_writer(out: Any, *, fmt: str = fmts[0], **kw: Any) -> Any:
+            return get_writer(fmt, out, rules=rules, bilingual=bilingual, **kw)
+
+        return self.write_batch(inputs, process, make_writer=make_writer, ext=ext, output_dir=output_dir,
+                                fail_fast=fail_fast, skip_existing=skip_existing,
+                                errors_as_records=errors_as_records)
+
     @contextlib.contextmanager
     def ordered_output(self, writer: T) -> Iterator[T]:
         """Wrap the writes of one input. Sequential runs write through. Under jobs > 1 the calls are
@@ -648,6 +685,16 @@ class Session:
         if draft:
             out["draft"] = draft
         return out
+
+
+def progress_span(src: Any, start_ms: int | None, end_ms: int | None) -> tuple[float, float | None]:
+    """(first second, seconds to go through) of an input for its progress bar: from the start to the
+    end asked for, or the end of the audio; the length is None when it is not known (a live pipe)."""
+    info = getattr(src, "info", None)
+    duration = (info.audio_duration_ms or info.duration_ms) if info is not None else None
+    end = min(x for x in (end_ms, duration) if x) if (end_ms or duration) else None
+    first = start_ms or 0
+    return first / 1000, (max(1, end - first) / 1000 if end is not None else None)
 
 
 def _stops_batch(exc: GemmapipeError) -> bool:
