@@ -137,3 +137,25 @@ def test_a_missing_or_non_gguf_draft_is_refused(gemma3_270m: Path, tmp_path: Pat
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"not a model at all")
     assert "is not a GGUF file" in _refused([*base, str(junk)], capsys)
+
+
+def test_describe_with_a_draft_model_gives_the_same_json_and_reports_the_draft(
+        gemma3_270m: Path, vision_probe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The draft model reads the prompt's text around the image (it cannot see the image): the
+    answer is still the target's own, and meta.draft carries the counts."""
+    import json
+
+    import numpy as np
+    from PIL import Image as PILImage
+
+    png = tmp_path / "noise.png"
+    PILImage.fromarray((np.random.default_rng(1).random((224, 224, 3)) * 255).astype("uint8")).save(png)
+    base = ["describe", "-m", str(gemma3_270m), "--mmproj", str(vision_probe), "-t", str(THREADS),
+            "--max-tokens", "24", "-f", "json", str(png)]
+    assert run(base) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert run([*base, "--draft", str(gemma3_270m)]) == 0
+    drafted = json.loads(capsys.readouterr().out)
+    assert drafted["text"] == plain["text"] and "draft" not in plain["meta"]
+    meta = drafted["meta"]["draft"]
+    assert meta["drafted"] > 0 and 0 <= meta["accepted"] <= meta["drafted"]
