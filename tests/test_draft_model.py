@@ -136,7 +136,7 @@ def test_a_missing_or_non_gguf_draft_is_refused(gemma3_270m: Path, tmp_path: Pat
     assert "no such file" in _refused([*base, str(tmp_path / "nope.gguf")], capsys)
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"not a model at all")
-    assert "is not a GGUF file" in _refused([*base, str(junk)], capsys)
+    assert "not a GGUF file" in _refused([*base, str(junk)], capsys)
 
 
 def test_describe_with_a_draft_model_gives_the_same_json_and_reports_the_draft(
@@ -159,3 +159,22 @@ def test_describe_with_a_draft_model_gives_the_same_json_and_reports_the_draft(
     assert drafted["text"] == plain["text"] and "draft" not in plain["meta"]
     meta = drafted["meta"]["draft"]
     assert meta["drafted"] > 0 and 0 <= meta["accepted"] <= meta["drafted"]
+
+
+def test_dry_run_counts_the_draft_model(gemma3_270m: Path, vision_probe: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from PIL import Image as PILImage
+
+    png = tmp_path / "grey.png"
+    PILImage.new("RGB", (64, 64), (128, 128, 128)).save(png)
+    base = ["describe", "-m", str(gemma3_270m), "--mmproj", str(vision_probe), "--dry-run", "-j", "2", str(png)]
+    assert run(base) == 0
+    plain = json.loads(capsys.readouterr().out)["memory"]
+    assert run([*base, "--draft", str(gemma3_270m)]) == 0
+    with_draft = json.loads(capsys.readouterr().out)["memory"]
+    size = gemma3_270m.stat().st_size
+    assert with_draft["draft_bytes"] > size
+    assert with_draft["total_bytes"] == plain["total_bytes"] + with_draft["draft_bytes"]
+    assert with_draft["weights_bytes"] == plain["weights_bytes"] + size
