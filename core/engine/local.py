@@ -146,10 +146,10 @@ class LocalEngine:
         if config.draft not in (None, "ngram"):
             draft_model = self._load_draft(str(config.draft), mparams)
         self._model = llama_cpp.llama_model_load_from_file(str(config.model).encode(), mparams)
+        if draft_model and (not self._model or interrupt.requested()):
+            llama_cpp.llama_model_free(draft_model)
         interrupt.check()
         if not self._model:
-            if draft_model:
-                llama_cpp.llama_model_free(draft_model)
             raise ModelError(f"model {config.model}",
                              "llama.cpp could not load it (unsupported architecture or corrupt)",
                              "run with -v to see llama.cpp's log")
@@ -295,6 +295,8 @@ class LocalEngine:
             raise ModelError(f"draft model {path}", f"cannot draft for this model: {why}",
                              "a draft model needs the model's vocabulary")
         model = L.llama_model_load_from_file(path.encode(), mparams)
+        if model and interrupt.requested():
+            L.llama_model_free(model)
         interrupt.check()
         if not model:
             raise ModelError(f"draft model {path}", "llama.cpp could not load it (unsupported architecture "
