@@ -1,4 +1,6 @@
 """Speculative decoding for the local engine: drafters propose tokens, the target verifies them.
+Two drafters: `NgramDraft` (prompt lookup) and `ModelDraft` (a smaller model with the target's
+vocabulary, checked by `vocab_mismatch` before the target loads).
 
 The engine evaluates the pending token and the drafted ones in one `llama_decode`, then samples each
 position with the request's own sampler chain (grammar, penalties, seed and all) and keeps drafted
