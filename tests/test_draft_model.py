@@ -127,7 +127,7 @@ def test_a_draft_with_another_vocabulary_is_refused(gemma3_270m: Path, tiny_gemm
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     line = _refused(["chat", "-m", str(gemma3_270m), "-t", str(THREADS), "--max-tokens", "4", "--no-template",
                      "--draft", str(tiny_gemma4[0]), "hi"], capsys)
-    assert "draft model" in line and "cannot draft for this model" in line, line
+    assert "draft model" in line and "cannot draft for this model: its tokenizer (BPE)" in line, line
 
 
 def test_a_missing_or_non_gguf_draft_is_refused(gemma3_270m: Path, tmp_path: Path,

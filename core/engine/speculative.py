@@ -77,6 +77,7 @@ class NgramDraft:
 # by this much (tokens past the shorter one are never drafted), texts are compared from this id on.
 VOCAB_MAX_SIZE_DIFFERENCE = 128
 VOCAB_CHECK_START_TOKEN_ID = 5
+_VOCAB_TYPES = {0: "none", 1: "SentencePiece", 2: "BPE", 3: "WordPiece", 4: "Unigram", 5: "RWKV", 6: "PLaMo-2"}
 
 
 def check_draft_file(path: str) -> None:
@@ -98,9 +99,10 @@ def check_draft_file(path: str) -> None:
 
 def vocab_mismatch(L: Any, target: Any, draft: Any) -> str | None:
     """Why the draft vocabulary cannot stand in for the target's (llama_vocab pointers), or None."""
-    if L.llama_vocab_type(target) != L.llama_vocab_type(draft):
-        return (f"its vocabulary type ({L.llama_vocab_type(draft)}) differs from the model's "
-                f"({L.llama_vocab_type(target)})")
+    kind_t, kind_d = L.llama_vocab_type(target), L.llama_vocab_type(draft)
+    if kind_t != kind_d:
+        return (f"its tokenizer ({_VOCAB_TYPES.get(kind_d, kind_d)}) differs from the model's "
+                f"({_VOCAB_TYPES.get(kind_t, kind_t)})")
     for name, add, tok in (("BOS", L.llama_vocab_get_add_bos, L.llama_vocab_bos),
                            ("EOS", L.llama_vocab_get_add_eos, L.llama_vocab_eos)):
         if bool(add(target)) != bool(add(draft)) or tok(target) != tok(draft):
