@@ -178,3 +178,49 @@ def test_dry_run_counts_the_draft_model(gemma3_270m: Path, vision_probe: Path, t
     assert with_draft["draft_bytes"] > size
     assert with_draft["total_bytes"] == plain["total_bytes"] + with_draft["draft_bytes"]
     assert with_draft["weights_bytes"] == plain["weights_bytes"] + size
+
+
+class _FakeVocab:
+    def __init__(self, texts: list[bytes], **kw: int) -> None:
+        self.texts, self.attrs = texts, [0] * len(texts)
+        self.ids = {"type": 1, "bos": 2, "eos": 1, "eot": 106, "pad": 0, "add_bos": 1, "add_eos": 0, **kw}
+
+
+class _FakeL:
+    """The llama_vocab_* calls vocab_mismatch makes, on _FakeVocab."""
+
+    def __getattr__(self, name: str) -> object:
+        key = name.removeprefix("llama_vocab_").removeprefix("get_")
+        if key == "n_tokens":
+            return lambda v: len(v.texts)
+        if key == "text":
+            return lambda v, i: v.texts[i]
+        if key == "attr":
+            return lambda v, i: v.attrs[i]
+        return lambda v: v.ids[key]
+
+
+@pytest.mark.parametrize(("change", "why"), [
+    ({"eos": 7}, "its EOS token (7) differs from the model's (1)"),
+    ({"add_bos": 0}, "its BOS token"),
+    ({"eot": 3}, "its EOT token (3) differs"),
+    ({"extra": 200}, "its vocabulary has 400 tokens, the model's 200"),
+    ({"text": 9}, "token 9 differs (b'x' against the model's b't9')"),
+    ({"attr": 9}, "token 9 differs"),
+])
+def test_vocab_mismatch_names_what_differs(change: dict[str, int], why: str) -> None:
+    from gemmapipe.core.engine.speculative import vocab_mismatch
+
+    texts = [f"t{i}".encode() for i in range(200)]
+    target = _FakeVocab(texts)
+    assert vocab_mismatch(_FakeL(), target, _FakeVocab(list(texts))) is None
+    assert vocab_mismatch(_FakeL(), target, _FakeVocab([*texts, b"new"])) is None  # a few more tokens
+    assert vocab_mismatch(_FakeL(), target, _FakeVocab([*texts[:3], b"x", *texts[4:]])) is None  # ids < 5
+    ids = {k: v for k, v in change.items() if k not in ("extra", "text", "attr")}
+    draft = _FakeVocab(list(texts) + [b"more"] * change.get("extra", 0), **ids)
+    if "text" in change:
+        draft.texts[change["text"]] = b"x"
+    if "attr" in change:
+        draft.attrs[change["attr"]] = 8
+    got = vocab_mismatch(_FakeL(), target, draft)
+    assert got is not None and got.startswith(why), got
