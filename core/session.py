@@ -292,7 +292,26 @@ class Session:
             return  # device memory is not ours to read portably; llama.cpp reports failures itself
         est = memory.estimate(pair.model, pair.mmproj, n_ctx, cache_type=self.config.cache_type, swa_full=swa_full,
                               n_seq=self.sequences)
-        memory.check_fits(est, memory.available_memory())
+        memory.check_fits(self._add_draft_model(est, n_ctx), memory.available_memory())
+
+    def _add_draft_model(self, est: dict[str, Any], n_ctx: int) -> dict[str, Any]:
+        """A draft model's weights and KV cache (one sequence per sequence, sliding window kept
+        full, as the local engine makes it) added to a memory estimate."""
+        from . import memory
+        from .gguf_meta import read_gguf
+
+        draft = self.config.draft
+        if not draft or draft == "ngram":
+            return est
+        info = read_gguf(Path(draft).expanduser(), role="draft model")
+        weights = info.path.stat().st_size
+        kv = max(1, self.sequences) * memory.kv_bytes(info, n_ctx, cache_type=self.config.cache_type, swa_full=True)
+        est = dict(est)
+        est["draft_bytes"] = weights + kv
+        est["weights_bytes"] += weights
+        est["kv_bytes"] += kv
+        est["total_bytes"] += weights + kv
+        return est
 
     def generate_options(self, default_max_tokens: int, **overrides: Any) -> GenerateOptions:
         c = self.config
@@ -363,6 +382,10 @@ class Session:
         assert pair is not None
         est: dict[str, Any] = dict(memory.estimate(pair.model, pair.mmproj, ctx, cache_type=self.config.cache_type,
                                                    n_seq=self.sequences))
+        try:
+            est = self._add_draft_model(est, ctx)
+        except GemmapipeError as exc:
+            est["error"] = f"{exc.subject}: {exc.reason}"
         est["available_bytes"] = memory.available_memory()
         return est
 

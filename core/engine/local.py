@@ -41,7 +41,7 @@ from . import gemma4
 from .base import EngineConfig, EngineInfo, EngineState, EngineStats, GenerateOptions, StateError, TokenCount
 from .native import bindings, quiet_native_logs
 from .parts import Audio, CachedMessage, Image, Message, Placeholder, Text
-from .speculative import SEPARATOR, NgramDraft
+from .speculative import SEPARATOR, ModelDraft, NgramDraft, check_draft_file, vocab_mismatch
 from .template import render_prompt
 
 if TYPE_CHECKING:
@@ -101,6 +101,7 @@ class _Request:
     pending: int | None = None  # sampled and handed out, not evaluated yet
     generated: list[int] = field(default_factory=list)  # sampled and evaluated, so in the KV cache
     ngram: NgramDraft | None = None
+    draft_prompt: list[int] | None = None  # the prompt's text tokens, for a draft model
     out: deque[str] = field(default_factory=deque)
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     thought: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
@@ -140,12 +141,19 @@ class LocalEngine:
         self._keep_alive = [llama_cpp.llama_progress_callback(_load_progress)]
         mparams.progress_callback = self._keep_alive[0]
         interrupt.stage("load")
+        self._drafter: ModelDraft | None = None
+        draft_model = None
+        if config.draft not in (None, "ngram"):
+            draft_model = self._load_draft(str(config.draft), mparams)
         self._model = llama_cpp.llama_model_load_from_file(str(config.model).encode(), mparams)
+        if draft_model and (not self._model or interrupt.requested()):
+            llama_cpp.llama_model_free(draft_model)
         interrupt.check()
         if not self._model:
             raise ModelError(f"model {config.model}",
                              "llama.cpp could not load it (unsupported architecture or corrupt)",
                              "run with -v to see llama.cpp's log")
+        self._draft_model = draft_model
         self._ctx: Any = None
         self._mtmd: Any = None
         self._sampler_batch: Any = None
@@ -243,9 +251,14 @@ class LocalEngine:
         self._batch = L.llama_batch_init(self.n_batch, 0, 1)
         self._draft = config.draft
         self._draft_max = max(0, config.draft_max)
-        if self._draft not in (None, "ngram"):
-            raise ModelError(f"draft {self._draft}", "a separate draft model is not supported yet",
-                             "use {draft} ngram (prompt lookup)")
+        if self._draft_model:
+            model, self._draft_model = self._draft_model, None
+            try:
+                self._drafter = ModelDraft(L, model, n_ctx=self.n_ctx, n_seq=self._n_seq, threads=self.threads,
+                                           flash_attn=_FLASH.get(config.flash_attn, -1), n_vocab_target=self.n_vocab)
+            except MemoryError:
+                raise GemmapipeError(f"draft model {self._draft}", "llama.cpp could not create its context",
+                                     "lower {ctx_size} or use a smaller draft model") from None
         # Who may run native work on the context: the decode thread per step, others through
         # `_exclusive`. `_cond` guards the queues (its own lock, so callers never wait on a decode).
         self._native = threading.RLock()
@@ -255,6 +268,40 @@ class LocalEngine:
         self._running = 0  # requests taken by the decode thread and not finished
         self._paused = 0
         self._closed = False
+
+    def _load_draft(self, path: str, mparams: Any) -> Any:
+        """Check the draft model's vocabulary against the target's (both loaded vocabulary-only, so a
+        mismatch is refused in a second, before any weights load), then load the draft model."""
+        L = self._L
+        check_draft_file(path)
+        vparams = L.llama_model_default_params()
+        vparams.vocab_only = True
+        target = L.llama_model_load_from_file(str(self.config.model).encode(), vparams)
+        if not target:
+            raise ModelError(f"model {self.config.model}", "llama.cpp could not read its vocabulary",
+                             "run with -v to see llama.cpp's log")
+        try:
+            draft = L.llama_model_load_from_file(path.encode(), vparams)
+            if not draft:
+                raise ModelError(f"draft model {path}", "llama.cpp could not read its vocabulary",
+                                 "run with -v to see llama.cpp's log")
+            try:
+                why = vocab_mismatch(L, L.llama_model_get_vocab(target), L.llama_model_get_vocab(draft))
+            finally:
+                L.llama_model_free(draft)
+        finally:
+            L.llama_model_free(target)
+        if why:
+            raise ModelError(f"draft model {path}", f"cannot draft for this model: {why}",
+                             "a draft model needs the model's vocabulary")
+        model = L.llama_model_load_from_file(path.encode(), mparams)
+        if model and interrupt.requested():
+            L.llama_model_free(model)
+        interrupt.check()
+        if not model:
+            raise ModelError(f"draft model {path}", "llama.cpp could not load it (unsupported architecture "
+                             "or corrupt)", "run with -v to see llama.cpp's log")
+        return model
 
     # --- vocabulary helpers -------------------------------------------------------------------
     def _token_text(self, token: int) -> str:
@@ -870,6 +917,8 @@ class LocalEngine:
             req.stats.prefill_s = time.perf_counter() - t0
             if self._draft == "ngram":
                 req.ngram = NgramDraft(_history(req.prep.sigs))
+            elif self._drafter is not None:  # the draft model reads the prompt's text, not its media
+                req.draft_prompt = [t for t in _history(req.prep.sigs) if t != SEPARATOR]
             req.chain = self._sampler(req.options)
         finally:
             self._release(req.prep)
@@ -924,11 +973,14 @@ class LocalEngine:
         batch = self._batch
         plan: list[tuple[_Request, int, list[int]]] = []
         rows = 0
+        proposed = self._propose(reqs) if self._drafter is not None else {}
         for req in reqs:
             slot = req.slot
             assert slot is not None and req.pending is not None
             draft: list[int] = []
-            if req.ngram is not None:
+            if proposed:
+                draft = proposed.get(slot.seq, [])[: max(0, self.n_batch - rows - 1)]
+            elif req.ngram is not None:
                 room = min(self._draft_max, req.options.max_tokens - req.stats.generated - 1,
                            self.n_ctx - slot.n_past - 1, self.n_batch - rows - 1)
                 draft = req.ngram.propose(room)
@@ -975,6 +1027,19 @@ class LocalEngine:
                 break
             if slot.n_past < end:  # drafted rows past the first mismatch
                 L.llama_memory_seq_rm(self._mem, slot.seq, slot.n_past, -1)
+
+    def _propose(self, reqs: list[_Request]) -> dict[int, list[int]]:
+        """The draft model's proposals for each request's next tokens, by sequence id."""
+        assert self._drafter is not None
+        wants: list[tuple[int, list[int], int]] = []
+        for req in reqs:
+            slot = req.slot
+            if req.draft_prompt is None or slot is None or req.pending is None:
+                continue
+            room = min(self._draft_max, req.options.max_tokens - req.stats.generated - 1, self.n_ctx - slot.n_past - 1)
+            if room > 0:
+                wants.append((slot.seq, [*req.draft_prompt, *req.generated, req.pending], room))
+        return self._drafter.propose(wants) if wants else {}
 
     def _finish(self, req: _Request, reason: str, *, error: BaseException | None = None,
                 slot: _Slot | None = None) -> None:
@@ -1152,6 +1217,13 @@ class LocalEngine:
         if self._mtmd:
             M.mtmd_free(self._mtmd)
             self._mtmd = None
+        if getattr(self, "_drafter", None) is not None:
+            assert self._drafter is not None
+            self._drafter.close()
+            self._drafter = None
+        if getattr(self, "_draft_model", None):
+            L.llama_model_free(self._draft_model)
+            self._draft_model = None
         if self._ctx:
             L.llama_free(self._ctx)
             self._ctx = None
