@@ -58,6 +58,18 @@ def recorded_speech(n: int, offset: int = 0) -> np.ndarray:
     return pool[idx].copy()
 
 
+def speech_file(path: str | Path, bursts: list[tuple[float, float]], total: float) -> Path:
+    """Recorded speech at known times (seconds) in silence, as a 16 kHz WAV of `total` seconds."""
+    import soundfile as sf
+
+    x = np.zeros(int(total * 16000), dtype=np.float32)
+    for a, b in bursts:
+        n = int((b - a) * 16000)
+        x[int(a * 16000):int(a * 16000) + n] = recorded_speech(n, offset=int(a * 16000))
+    sf.write(path, x, 16000)
+    return Path(path)
+
+
 def signal(
     kind: str, seconds: float, sr: int, channels: int, *, freq: float = 440.0, amplitude: float = 0.5, seed: int = 0
 ) -> np.ndarray:

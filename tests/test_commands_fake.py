@@ -8,7 +8,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from gemmapipe.cli.app import run
@@ -16,23 +15,13 @@ from gemmapipe.core.engine.parts import Audio, Image, Text
 from gemmapipe.core.errors import ExitStatus
 
 from fake_engine import fake_engine  # noqa: F401  (fixture)
-from media_factory import recorded_speech, write_image, write_tone, write_video
+from media_factory import speech_file, write_image, write_tone, write_video
 
 pytestmark = pytest.mark.usefixtures("fake_model")  # see conftest.py
 
 
 
 
-def speech_file(path: Path, bursts: list[tuple[float, float]], total: float) -> Path:
-    """Recorded speech at known times in silence, as a 16 kHz WAV."""
-    import soundfile as sf
-
-    x = np.zeros(int(total * 16000), dtype=np.float32)
-    for a, b in bursts:
-        n = int((b - a) * 16000)
-        x[int(a * 16000):int(a * 16000) + n] = recorded_speech(n, offset=int(a * 16000))
-    sf.write(path, x, 16000)
-    return path
 
 
 def test_transcribe_segments_and_prompt(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -37,7 +37,7 @@ from gemmapipe.core.engine.parts import Audio, Image, Message, Text
 from gemmapipe.core.engine.remote import RemoteConfig, RemoteEngine, ThoughtFilter, base_url, wav_bytes
 from gemmapipe.core.errors import ExitStatus
 
-from media_factory import write_image
+from media_factory import speech_file, write_image
 
 pytestmark = pytest.mark.usefixtures("cli_env")  # see conftest.py
 
@@ -246,18 +246,6 @@ def server() -> Iterator[tuple[str, Recorder]]:
         thread.join(5)
 
 
-def speech_file(path: Path, bursts: list[tuple[float, float]], total: float) -> Path:
-    """Recorded speech at known times in silence, as a 16 kHz WAV."""
-    import soundfile as sf
-
-    from media_factory import recorded_speech
-
-    x = np.zeros(int(total * 16000), dtype=np.float32)
-    for a, b in bursts:
-        n = int((b - a) * 16000)
-        x[int(a * 16000):int(a * 16000) + n] = recorded_speech(n, offset=int(a * 16000))
-    sf.write(path, x, 16000)
-    return path
 
 
 def red_image(path: Path, red: int, size: tuple[int, int] = (96, 96)) -> Path:

@@ -33,7 +33,8 @@ import pytest
 
 from gemmapipe.cli.app import run
 
-from media_factory import recorded_speech, write_image, write_video
+from media_factory import speech_file as speech_wav
+from media_factory import write_image, write_video
 
 pytestmark = [pytest.mark.model, pytest.mark.usefixtures("cli_env")]
 SERVER_ENV = "GEMMAPIPE_LLAMA_SERVER"
@@ -183,15 +184,6 @@ def _same(result: Both) -> str:
     return result.server[1]
 
 
-def speech_wav(path: Path, bursts: list[tuple[float, float]], total: float) -> Path:
-    import soundfile as sf
-
-    x = np.zeros(int(total * 16000), dtype=np.float32)
-    for a, b in bursts:
-        n = int((b - a) * 16000)
-        x[int(a * 16000):int(a * 16000) + n] = recorded_speech(n, offset=int(a * 16000))
-    sf.write(path, x, 16000)
-    return path
 
 
 def _describe_meta_free(out: str) -> list[tuple[str, object]]:

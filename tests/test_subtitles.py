@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -26,7 +25,7 @@ from gemmapipe.core.writers import CueRules, get_writer, write_transcript
 from gemmapipe.core.writers.cues import width
 
 from fake_engine import FakeEngine, fake_engine  # noqa: F401  (fixture)
-from media_factory import recorded_speech
+from media_factory import speech_file  # recorded speech: its only pauses are the silences asked for
 
 pytestmark = pytest.mark.usefixtures("fake_model")  # see conftest.py
 
@@ -36,17 +35,6 @@ TEXT = ("the printing press changed how ideas travelled across Europe in the fif
 WORDS = TEXT.split(" ")
 
 
-def speech_file(path: Path, bursts: list[tuple[float, float]], total: float) -> Path:
-    """Recorded speech at known times in silence, as a 16 kHz WAV (the pool itself has no pause of
-    300 ms or more: only the silences put here are pauses)."""
-    import soundfile as sf
-
-    x = np.zeros(int(total * SR), dtype=np.float32)
-    for a, b in bursts:
-        n = int((b - a) * SR)
-        x[int(a * SR):int(a * SR) + n] = recorded_speech(n, offset=int(a * SR))
-    sf.write(path, x, SR)
-    return path
 
 
 @dataclass

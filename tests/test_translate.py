@@ -26,18 +26,7 @@ from gemmapipe.core.tasks.transcribe import (
 )
 
 from fake_engine import FakeEngine, fake_engine  # noqa: F401  (fixture)
-from media_factory import recorded_speech
-
-
-def speech_file(path: Path, bursts: list[tuple[float, float]], total: float) -> Path:
-    import soundfile as sf
-
-    x = np.zeros(int(total * 16000), dtype=np.float32)
-    for a, b in bursts:
-        n = int((b - a) * 16000)
-        x[int(a * 16000):int(a * 16000) + n] = recorded_speech(n, offset=int(a * 16000))
-    sf.write(path, x, 16000)
-    return path
+from media_factory import recorded_speech, speech_file
 
 
 def _texts(request: tuple) -> str:  # type: ignore[type-arg]
