@@ -153,9 +153,10 @@ _SPEC: dict[str, tuple[Any, Any]] = {
              "in flight, locally decoded together in one context (N times the KV cache). Output order "
              "is kept.")], 1),
     "draft": (Annotated[str | None, typer.Option(
-        "--draft", rich_help_panel=MODEL_PANEL, show_default=False, metavar="ngram|FILE",
-        help="Speculative decoding: 'ngram' (prompt lookup) or a draft model GGUF with the same "
-             "vocabulary; greedy and seeded output stay the model's own.")], None),
+        "--draft", rich_help_panel=MODEL_PANEL, show_default=False, metavar="ngram|mtp|FILE",
+        help="Speculative decoding: 'ngram' (prompt lookup), 'mtp' (the Gemma 4 assistant GGUF beside "
+             "the model) or a draft model GGUF with the same vocabulary (an assistant too); greedy and "
+             "seeded output stay the model's own.")], None),
     "draft_max": (Annotated[int, typer.Option(
         "--draft-max", min=1, max=MAX_DRAFT, rich_help_panel=MODEL_PANEL,
         help="Tokens drafted per step (above 2, CPU output may differ from the undrafted at near-ties).")], 2),

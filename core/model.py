@@ -17,6 +17,8 @@ MODEL_HINT = (
 
 VISION = "vision"
 AUDIO = "audio"
+#: llama.cpp's architecture of the Gemma 4 multi-token-prediction drafter (gemma-4-*-it-assistant)
+ASSISTANT_ARCH = "gemma4-assistant"
 
 
 @dataclass
@@ -50,6 +52,31 @@ def find_mmproj(model: Path) -> Path | None:
     return candidates[0] if candidates else None
 
 
+def find_assistant(model: Path) -> Path:
+    """The single Gemma 4 assistant GGUF (architecture gemma4-assistant) beside the model, found by
+    reading the headers of the other GGUF files there; an error when there is none or several."""
+    found = []
+    for path in sorted(model.parent.glob("*.gguf")):
+        if path.name.startswith("mmproj") or not path.is_file():
+            continue
+        try:
+            if path.samefile(model):
+                continue
+            if read_gguf(path, role="draft model").architecture == ASSISTANT_ARCH:
+                found.append(path)
+        except (ModelError, OSError):
+            continue
+    if not found:
+        raise ModelError(f"draft model for {model}", "no Gemma 4 assistant (a gemma4-assistant GGUF) beside the model",
+                         "put the assistant released with the model (gemma-4-*-it-assistant) in its folder, "
+                         "or give its path with {draft}")
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found)
+        raise ModelError(f"draft model for {model}", f"several Gemma 4 assistants beside the model ({names})",
+                         "choose one with {draft} FILE")
+    return found[0]
+
+
 def projector_width(info: GGUFInfo) -> int | None:
     """Output width of the projector: what llama.cpp compares with the text model's n_embd."""
     for name in ("mm.input_projection.weight", "mm.a.input_projection.weight"):
@@ -73,6 +100,9 @@ def resolve(model: str | Path | None, mmproj: str | Path | None, *, needs: set[s
     if info.architecture == "clip":
         raise ModelError(f"model {model_path}", "this is a projector (mmproj), not a language model",
                          "pass it with {mmproj} and the language model with {model}")
+    if info.architecture == ASSISTANT_ARCH:
+        raise ModelError(f"model {model_path}", "this is a Gemma 4 assistant (a drafter), not a language model",
+                         "pass it with {draft} and the model it drafts for with {model}")
 
     proj_path: Path | None
     if mmproj is not None and str(mmproj) != "":

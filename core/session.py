@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .engine.base import Engine, EngineConfig, GenerateOptions, LoraAdapter
 from .errors import BatchFailed, ExitStatus, GemmapipeError, UsageError
+from .model import ASSISTANT_ARCH
 
 if TYPE_CHECKING:
     from .engine.remote import RemoteEngine
@@ -85,7 +86,7 @@ class SessionConfig:
     timeout: float = 600.0
     retries: int = 4
     jobs: int = 1
-    draft: str | None = None  # "ngram" or a draft model GGUF (local engine only)
+    draft: str | None = None  # "ngram", "mtp" (the Gemma 4 assistant beside the model) or a GGUF (local only)
     draft_max: int = 2
     verbose: int = 0  # 1: the session's own account (info); 2: the engine's native log too
     lora: tuple[LoraAdapter, ...] = ()  # LoRA adapters for the local engine, in order
@@ -123,6 +124,7 @@ class Session:
         self._engine: Engine | None = None
         self._engine_key: tuple[int, int, int] | None = None
         self._pair: ModelPair | None = None
+        self._draft_file: str | None = None
         self.failed = 0
         self.succeeded = 0
         self._lock = threading.RLock()  # engine and model are shared by the -j workers
@@ -252,7 +254,7 @@ class Session:
                               image_min_tokens=lo or None, image_max_tokens=hi or None,
                               flash_attn=c.flash_attn, cache_type=c.cache_type, no_template=c.no_template,
                               swa_full=swa_full, verbose=c.verbose >= 2, lora=c.lora, parallel=self.sequences,
-                              draft=c.draft, draft_max=c.draft_max)
+                              draft=self.draft_file(), draft_max=c.draft_max)
         n_seq = self.sequences
         proj = f" + {config.mmproj.name}" if config.mmproj else ""
         self.info(f"loading {config.model.name}{proj} (n_ctx {ctx}" + (f" x {n_seq} sequences)" if n_seq > 1 else ")"))
@@ -300,12 +302,15 @@ class Session:
         from . import memory
         from .gguf_meta import read_gguf
 
-        draft = self.config.draft
+        draft = self.draft_file()
         if not draft or draft == "ngram":
             return est
         info = read_gguf(Path(draft).expanduser(), role="draft model")
         weights = info.path.stat().st_size
-        kv = max(1, self.sequences) * memory.kv_bytes(info, n_ctx, cache_type=self.config.cache_type, swa_full=True)
+        kv = 0  # a Gemma 4 assistant reads the model's own KV cache
+        if info.architecture != ASSISTANT_ARCH:
+            kv = max(1, self.sequences) * memory.kv_bytes(info, n_ctx, cache_type=self.config.cache_type,
+                                                          swa_full=True)
         est = dict(est)
         est["draft_bytes"] = weights + kv
         est["weights_bytes"] += weights
@@ -330,13 +335,37 @@ class Session:
             self._engine.close()
             self._engine = None
 
+    def draft_file(self) -> str | None:
+        """What the engine drafts with: None, "ngram", or a draft model's path ("mtp" resolved to the
+        Gemma 4 assistant beside the model, found as the projector is)."""
+        draft = self.config.draft
+        if draft != "mtp":
+            return draft
+        if self._draft_file is None:
+            from .model import find_assistant
+
+            pair = self.model_pair()
+            assert pair is not None
+            self._draft_file = str(find_assistant(Path(pair.model.path)))
+        return self._draft_file
+
+    def draft_method(self) -> str | None:
+        """"ngram", "mtp" (a Gemma 4 assistant) or "model" (a draft model); None without drafting."""
+        draft = self.draft_file()
+        if not draft or draft == "ngram":
+            return draft
+        from .gguf_meta import read_gguf
+
+        return "mtp" if read_gguf(Path(draft).expanduser(), role="draft model").architecture == ASSISTANT_ARCH \
+            else "model"
+
     def draft_summary(self) -> dict[str, Any] | None:
         """Speculative decoding over the run so far: tokens drafted, accepted, the acceptance rate."""
         if not self.config.draft or self._engine is None:
             return None
         stats = self._engine.stats
         drafted, accepted = stats.total_drafted, stats.total_accepted
-        return {"method": "ngram" if self.config.draft == "ngram" else "model", "drafted": drafted,
+        return {"method": self.draft_method(), "drafted": drafted,
                 "accepted": accepted, "acceptance": round(accepted / drafted, 4) if drafted else 0.0}
 
     def __enter__(self) -> Session:

@@ -5,6 +5,7 @@ from __future__ import annotations
 # ---------------------------------------------------------------------------------------------
 # Test models (tests/models/): built once per machine, cached under pytest's cache directory.
 #   tiny_gemma4  -> (model.gguf, mmproj.gguf)  random-weight Gemma 4 text model + gemma4uv/ua mmproj
+#   tiny_gemma4_assistant -> its gemma4-assistant (MTP drafter), in the same folder
 #   gemma3_270m  -> Path of the real Gemma 3 270M Q4_K_M GGUF (PyPI package, no network)
 #   audio_probe  -> Path of a gemma4ua-only mmproj spelling 270M tokens with waveforms
 #   vision_probe -> Path of a gemma4uv-only mmproj spelling 270M tokens with 48x48 patches
@@ -70,6 +71,12 @@ def tiny_gemma4(gemmapipe_model_cache: _Path) -> tuple[_Path, _Path]:
         gemmapipe_model_cache, "tiny-gemma4-v", str(tg.BUILDER_VERSION), lambda d: tg.build_tiny_gemma4(d)
     )
     return folder / "tiny-gemma4.gguf", folder / "mmproj-tiny-gemma4.gguf"
+
+
+@_pytest.fixture(scope="session")
+def tiny_gemma4_assistant(tiny_gemma4: tuple[_Path, _Path]) -> _Path:
+    """The gemma4-assistant (MTP drafter) built for the tiny Gemma 4, beside it in its folder."""
+    return tiny_gemma4[0].parent / "tiny-gemma4-assistant.gguf"
 
 
 @_pytest.fixture(scope="session")

@@ -36,12 +36,21 @@ from typing import TYPE_CHECKING, Any
 from .. import interrupt
 from ..cpus import usable_cpus
 from ..errors import ContextOverflow, GemmapipeError, ModelError
-from ..model import AUDIO, VISION, ModelPair
+from ..model import ASSISTANT_ARCH, AUDIO, VISION, ModelPair
 from . import gemma4
 from .base import EngineConfig, EngineInfo, EngineState, EngineStats, GenerateOptions, StateError, TokenCount
 from .native import bindings, quiet_native_logs
 from .parts import Audio, CachedMessage, Image, Message, Placeholder, Text
-from .speculative import SEPARATOR, ModelDraft, NgramDraft, check_draft_file, vocab_mismatch
+from .speculative import (
+    SEPARATOR,
+    ModelDraft,
+    MtpDraft,
+    NgramDraft,
+    assistant_mismatch,
+    check_draft_file,
+    mtp_bindings,
+    vocab_mismatch,
+)
 from .template import render_prompt
 
 if TYPE_CHECKING:
@@ -102,6 +111,7 @@ class _Request:
     generated: list[int] = field(default_factory=list)  # sampled and evaluated, so in the KV cache
     ngram: NgramDraft | None = None
     draft_prompt: list[int] | None = None  # the prompt's text tokens, for a draft model
+    mtp_h: Any = None  # the target's hidden state where `pending` was sampled, for a Gemma 4 assistant
     out: deque[str] = field(default_factory=deque)
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     thought: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
@@ -141,7 +151,8 @@ class LocalEngine:
         self._keep_alive = [llama_cpp.llama_progress_callback(_load_progress)]
         mparams.progress_callback = self._keep_alive[0]
         interrupt.stage("load")
-        self._drafter: ModelDraft | None = None
+        self._drafter: ModelDraft | MtpDraft | None = None
+        self._mtp: Any = None  # llama_cpp_ext, when the draft model is a Gemma 4 assistant
         draft_model = None
         if config.draft not in (None, "ngram"):
             draft_model = self._load_draft(str(config.draft), mparams)
@@ -254,8 +265,14 @@ class LocalEngine:
         if self._draft_model:
             model, self._draft_model = self._draft_model, None
             try:
-                self._drafter = ModelDraft(L, model, n_ctx=self.n_ctx, n_seq=self._n_seq, threads=self.threads,
-                                           flash_attn=_FLASH.get(config.flash_attn, -1), n_vocab_target=self.n_vocab)
+                if self._mtp is not None:
+                    self._drafter = MtpDraft(L, self._mtp, model, self._ctx, n_ctx=self.n_ctx * self._n_seq,
+                                             n_seq=self._n_seq, threads=self.threads,
+                                             flash_attn=_FLASH.get(config.flash_attn, -1), swa_full=config.swa_full)
+                else:
+                    self._drafter = ModelDraft(L, model, n_ctx=self.n_ctx, n_seq=self._n_seq, threads=self.threads,
+                                               flash_attn=_FLASH.get(config.flash_attn, -1),
+                                               n_vocab_target=self.n_vocab)
             except MemoryError:
                 raise GemmapipeError(f"draft model {self._draft}", "llama.cpp could not create its context",
                                      "lower {ctx_size} or use a smaller draft model") from None
@@ -274,6 +291,20 @@ class LocalEngine:
         mismatch is refused in a second, before any weights load), then load the draft model."""
         L = self._L
         check_draft_file(path)
+        from pathlib import Path
+
+        from ..gguf_meta import read_gguf
+
+        info = read_gguf(Path(path), role="draft model")
+        if info.architecture == ASSISTANT_ARCH:  # Gemma 4 multi-token prediction
+            why = assistant_mismatch(self.pair.model, info)
+            if why:
+                raise ModelError(f"draft model {path}", f"cannot draft for this model: {why}",
+                                 "use the assistant released with the model")
+            self._mtp, missing = mtp_bindings(L)
+            if self._mtp is None:
+                raise ModelError(f"draft model {path}", "this llama-cpp-python cannot run a Gemma 4 assistant: "
+                                 f"{missing}", "install llama-cpp-python 0.3.36 or later, or use {draft} ngram")
         vparams = L.llama_model_default_params()
         vparams.vocab_only = True
         target = L.llama_model_load_from_file(str(self.config.model).encode(), vparams)
@@ -917,7 +948,7 @@ class LocalEngine:
             req.stats.prefill_s = time.perf_counter() - t0
             if self._draft == "ngram":
                 req.ngram = NgramDraft(_history(req.prep.sigs))
-            elif self._drafter is not None:  # the draft model reads the prompt's text, not its media
+            elif isinstance(self._drafter, ModelDraft):  # it reads the prompt's text, not its media
                 req.draft_prompt = [t for t in _history(req.prep.sigs) if t != SEPARATOR]
             req.chain = self._sampler(req.options)
         finally:
@@ -930,6 +961,8 @@ class LocalEngine:
         tok = L.llama_sampler_sample(req.chain, self._ctx, -1)
         if self._take(req, tok):
             req.pending = tok
+            if isinstance(self._drafter, MtpDraft):
+                req.mtp_h = self._drafter.hidden(-1)
 
     def _take(self, req: _Request, tok: int) -> bool:
         """Hand out one sampled token; False once the request is finished (end of turn, length)."""
@@ -1024,6 +1057,8 @@ class LocalEngine:
                     continue
                 if self._take(req, tok):
                     req.pending = tok
+                    if isinstance(self._drafter, MtpDraft):
+                        req.mtp_h = self._drafter.hidden(start + j)
                 break
             if slot.n_past < end:  # drafted rows past the first mismatch
                 L.llama_memory_seq_rm(self._mem, slot.seq, slot.n_past, -1)
@@ -1031,6 +1066,16 @@ class LocalEngine:
     def _propose(self, reqs: list[_Request]) -> dict[int, list[int]]:
         """The draft model's proposals for each request's next tokens, by sequence id."""
         assert self._drafter is not None
+        if isinstance(self._drafter, MtpDraft):
+            mtp: list[tuple[int, int, int, Any, int]] = []
+            for req in reqs:
+                slot = req.slot
+                if slot is None or req.pending is None or req.mtp_h is None:
+                    continue
+                room = min(self._draft_max, req.options.max_tokens - req.stats.generated - 1,
+                           self.n_ctx - slot.n_past - 1)
+                mtp.append((slot.seq, req.pending, slot.n_past, req.mtp_h, room))
+            return self._drafter.propose(mtp) if mtp else {}
         wants: list[tuple[int, list[int], int]] = []
         for req in reqs:
             slot = req.slot

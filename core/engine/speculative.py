@@ -1,6 +1,8 @@
 """Speculative decoding for the local engine: drafters propose tokens, the target verifies them.
-Two drafters: `NgramDraft` (prompt lookup) and `ModelDraft` (a smaller model with the target's
-vocabulary, checked by `vocab_mismatch` before the target loads).
+Three drafters: `NgramDraft` (prompt lookup), `ModelDraft` (a smaller model with the target's
+vocabulary, checked by `vocab_mismatch` before the target loads) and `MtpDraft` (a Gemma 4
+assistant, llama.cpp's `gemma4-assistant`: multi-token prediction on the target's own KV cache and
+hidden state).
 
 The engine evaluates the pending token and the drafted ones in one `llama_decode`, then samples each
 position with the request's own sampler chain (grammar, penalties, seed and all) and keeps drafted
@@ -23,6 +25,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+
+from ..model import ASSISTANT_ARCH
 
 DRAFT_MAX_EXACT = 2  # verify rows = 1 + this; see the module docstring
 NGRAM_MAX = 3  # the longest n-gram looked up
@@ -274,3 +278,161 @@ class ModelDraft:
         out.append(tok)
         if len(out) < k and not L.llama_vocab_is_eog(self._vocab, tok):
             live.append((seq, k))
+
+
+# --- Gemma 4 multi-token prediction ---------------------------------------------------------------------
+MTP_TARGET_ARCH = "gemma4"
+
+
+def mtp_bindings(L: Any) -> tuple[Any, str | None]:
+    """llama.cpp's MTP interface as this llama-cpp-python binds it: (the `llama_cpp_ext` module, None),
+    or (None, what is missing). The nextn getters live in a module its authors mark as not public;
+    its functions are looked up by symbol name when it is imported, so an older or differently built
+    library raises there, and a missing context field or constant is checked here too."""
+    try:
+        from llama_cpp import llama_cpp_ext as X
+    except (ImportError, AttributeError, OSError) as exc:
+        return None, f"llama_cpp.llama_cpp_ext cannot be loaded ({exc})"
+    for name in ("llama_set_embeddings_nextn", "llama_get_embeddings_nextn_ith", "llama_get_ctx_other"):
+        if not callable(getattr(X, name, None)):
+            return None, f"llama_cpp.llama_cpp_ext has no {name}"
+    fields = {f[0] for f in getattr(L.llama_context_params, "_fields_", ())}
+    for name in ("ctx_type", "ctx_other"):
+        if name not in fields:
+            return None, f"llama_context_params has no {name}"
+    if not hasattr(L, "LLAMA_CONTEXT_TYPE_MTP") or not callable(getattr(L, "llama_model_n_embd_out", None)):
+        return None, "llama_cpp has no LLAMA_CONTEXT_TYPE_MTP"
+    return X, None
+
+
+def assistant_mismatch(target: Any, assistant: Any) -> str | None:
+    """Why a gemma4-assistant GGUF cannot draft for the target model (both GGUFInfo), or None."""
+    if target.architecture != MTP_TARGET_ARCH:
+        return f"a Gemma 4 assistant drafts for Gemma 4 models only (this model is {target.architecture})"
+    width = assistant.get(f"{ASSISTANT_ARCH}.embedding_length_out")
+    if width is not None and target.n_embd is not None and int(width) != int(target.n_embd):
+        return f"it was made for a model {width} wide, this one is {target.n_embd} wide"
+    return None
+
+
+class MtpDraft:
+    """A Gemma 4 assistant in an MTP context on the target's context (`ctx_other`): it owns no KV
+    cache (its attention reads the target's last sliding and last full layer) and gets, for the token
+    the target evaluates next, the target's hidden state from the position that predicted it (the
+    target context outputs it beside the logits, `llama_set_embeddings_nextn`, for rows with logits
+    only, so the target computes exactly what it computes without drafting). Each draft step is one
+    decode for all sequences: a row per sequence at the pending token's position (all drafted tokens
+    of a step sit at that position, as llama.cpp's reference loop has them), with the assistant's own
+    hidden output as the next step's input; greedy. Nothing is written to any KV cache, so a rejected
+    draft needs no rollback here."""
+
+    def __init__(self, L: Any, X: Any, model: Any, target_ctx: Any, *, n_ctx: int, n_seq: int, threads: int,
+                 flash_attn: int, swa_full: bool) -> None:
+        import numpy as np
+
+        self._L, self._X, self._np = L, X, np
+        self._model = model
+        self._ctx: Any = None
+        self._batch: Any = None
+        self._greedy: Any = None
+        self._target = target_ctx
+        self.n_embd = int(L.llama_model_n_embd_out(model))
+        self.n_batch = max(8, n_seq)
+        cp = L.llama_context_default_params()
+        cp.n_ctx = n_ctx
+        cp.n_batch = cp.n_ubatch = self.n_batch
+        cp.n_seq_max = n_seq
+        cp.kv_unified = False
+        cp.n_threads = cp.n_threads_batch = threads
+        cp.flash_attn_type = flash_attn
+        cp.swa_full = swa_full
+        cp.no_perf = True
+        cp.ctx_type = L.LLAMA_CONTEXT_TYPE_MTP
+        cp.ctx_other = target_ctx
+        if "n_outputs_max" in {f[0] for f in L.llama_context_params._fields_}:
+            cp.n_outputs_max = self.n_batch
+        self._ctx = L.llama_init_from_model(model, cp)
+        if not self._ctx:
+            self.close()
+            raise MemoryError("llama.cpp could not create the assistant's context")
+        other = X.llama_get_ctx_other(self._ctx)
+        if not other or ctypes_address(other) != ctypes_address(target_ctx):
+            self.close()
+            raise MemoryError("the assistant's context does not share the model's KV cache")
+        X.llama_set_embeddings_nextn(self._ctx, True, True)
+        X.llama_set_embeddings_nextn(target_ctx, True, True)  # masked: rows with logits only
+        self._vocab = L.llama_model_get_vocab(model)
+        self._batch = L.llama_batch_init(self.n_batch, self.n_embd, 1)
+        self._tokens = (L.llama_token * self.n_batch)()
+        self._batch.token = self._tokens  # a row carries a token and the hidden state it follows
+        self._embd = np.ctypeslib.as_array(self._batch.embd, shape=(self.n_batch, self.n_embd))
+        self._greedy = L.llama_sampler_init_greedy()
+
+    def hidden(self, row: int) -> Any:
+        """A copy of the target's hidden state at batch row `row` of its last decode (-1: the last row
+        with logits), or None when llama.cpp has none (a decode that only evaluated media)."""
+        ptr = self._X.llama_get_embeddings_nextn_ith(self._target, row)
+        if not ptr:
+            return None
+        return self._np.ctypeslib.as_array(ptr, shape=(self.n_embd,)).copy()
+
+    def propose(self, wants: list[tuple[int, int, int, Any, int]]) -> dict[int, list[int]]:
+        """Up to k tokens after each (seq, pending token, its position, hidden state, k)."""
+        L, X, np = self._L, self._X, self._np
+        drafts: dict[int, list[int]] = {}
+        live = [(seq, tok, pos, h, k) for seq, tok, pos, h, k in wants if k > 0 and h is not None][: self.n_batch]
+        batch = self._batch
+        while live:
+            for i, (seq, tok, pos, h, _) in enumerate(live):
+                batch.token[i] = tok
+                batch.pos[i] = pos
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = seq
+                batch.logits[i] = True
+                self._embd[i] = h
+            batch.n_tokens = len(live)
+            if L.llama_decode(self._ctx, batch) != 0:
+                break
+            step = live
+            live = []
+            for i, (seq, _, pos, _, k) in enumerate(step):
+                tok = L.llama_sampler_sample(self._greedy, self._ctx, i)
+                out = drafts.setdefault(seq, [])
+                out.append(tok)
+                if len(out) >= k or L.llama_vocab_is_eog(self._vocab, tok):
+                    continue
+                ptr = X.llama_get_embeddings_nextn_ith(self._ctx, i)
+                if ptr:
+                    live.append((seq, tok, pos, np.ctypeslib.as_array(ptr, shape=(self.n_embd,)).copy(), k))
+        return drafts
+
+    def forget(self, seq: int) -> None:
+        """Nothing to forget: the assistant's cache is the target's."""
+
+    def close(self) -> None:
+        L = self._L
+        if self._greedy:
+            L.llama_sampler_free(self._greedy)
+            self._greedy = None
+        if self._batch is not None:
+            import ctypes
+
+            self._batch.token = ctypes.POINTER(L.llama_token)()  # ours, not the batch's to free
+            L.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx:
+            L.llama_free(self._ctx)
+            self._ctx = None
+            self._X.llama_set_embeddings_nextn(self._target, False, False)
+        if self._model:
+            L.llama_model_free(self._model)
+            self._model = None
+
+
+def ctypes_address(ptr: Any) -> int:
+    """The address a ctypes pointer (or c_void_p, or int) holds."""
+    import ctypes
+
+    if isinstance(ptr, int):
+        return ptr
+    return ctypes.cast(ptr, ctypes.c_void_p).value or 0

@@ -45,11 +45,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 #: Bump when anything written by this module changes (the pytest cache rebuilds on change).
-BUILDER_VERSION = 3
+BUILDER_VERSION = 4
 
 N_EMBD = 64
 N_LAYER = 4
@@ -186,6 +187,26 @@ def _rope_freqs() -> np.ndarray:
     return np.array([1.0] * n_rot + [1e30] * n_unrot, dtype=np.float32)
 
 
+def _add_tokenizer(w: Any, tokens: list[str], types: list[int], merges: list[str], chat_template: str) -> None:
+    """The tokenizer keys shared by the text model and its assistant."""
+    n_vocab = len(tokens)
+    w.add_string("tokenizer.ggml.model", "gemma4")
+    w.add_string("tokenizer.ggml.pre", "gemma4")
+    w.add_array("tokenizer.ggml.tokens", tokens)
+    w.add_array("tokenizer.ggml.scores", [0.0] * n_vocab)
+    w.add_array("tokenizer.ggml.token_type", types)
+    w.add_array("tokenizer.ggml.merges", merges)
+    w.add_uint32("tokenizer.ggml.bos_token_id", tokens.index("<bos>"))
+    w.add_uint32("tokenizer.ggml.eos_token_id", tokens.index("<eos>"))
+    w.add_uint32("tokenizer.ggml.unknown_token_id", tokens.index("<unk>"))
+    w.add_uint32("tokenizer.ggml.padding_token_id", tokens.index("<pad>"))
+    w.add_bool("tokenizer.ggml.add_bos_token", True)
+    w.add_bool("tokenizer.ggml.add_eos_token", False)
+    w.add_bool("tokenizer.ggml.add_space_prefix", False)
+    w.add_array("tokenizer.ggml.suppress_tokens", [tokens.index(t) for t in SUPPRESSED_TOKENS])
+    w.add_string("tokenizer.chat_template", chat_template)
+
+
 def write_tiny_gemma4_text(path: Path, *, seed: int = 0, chat_template: str = CHAT_TEMPLATE) -> Path:
     """Write the random-weight ``gemma4`` text GGUF to ``path`` (F32 tensors, ~1 MB); another
     ``chat_template`` (one that declares tools, say) gives the same weights another template."""
@@ -222,22 +243,7 @@ def write_tiny_gemma4_text(path: Path, *, seed: int = 0, chat_template: str = CH
     w.add_uint32(f"{arch}.attention.shared_kv_layers", 0)
     w.add_float32(f"{arch}.final_logit_softcapping", SOFTCAP)
 
-    # tokenizer
-    w.add_string("tokenizer.ggml.model", "gemma4")
-    w.add_string("tokenizer.ggml.pre", "gemma4")
-    w.add_array("tokenizer.ggml.tokens", tokens)
-    w.add_array("tokenizer.ggml.scores", [0.0] * n_vocab)
-    w.add_array("tokenizer.ggml.token_type", types)
-    w.add_array("tokenizer.ggml.merges", merges)
-    w.add_uint32("tokenizer.ggml.bos_token_id", tokens.index("<bos>"))
-    w.add_uint32("tokenizer.ggml.eos_token_id", tokens.index("<eos>"))
-    w.add_uint32("tokenizer.ggml.unknown_token_id", tokens.index("<unk>"))
-    w.add_uint32("tokenizer.ggml.padding_token_id", tokens.index("<pad>"))
-    w.add_bool("tokenizer.ggml.add_bos_token", True)
-    w.add_bool("tokenizer.ggml.add_eos_token", False)
-    w.add_bool("tokenizer.ggml.add_space_prefix", False)
-    w.add_array("tokenizer.ggml.suppress_tokens", [tokens.index(t) for t in SUPPRESSED_TOKENS])
-    w.add_string("tokenizer.chat_template", chat_template)
+    _add_tokenizer(w, tokens, types, merges, chat_template)
 
     # tensors (numpy shapes are ggml ne reversed)
     ones = lambda n: np.ones(n, dtype=np.float32)  # noqa: E731
@@ -264,6 +270,102 @@ def write_tiny_gemma4_text(path: Path, *, seed: int = 0, chat_template: str = CH
         w.add_tensor(f"{p}.ffn_down.weight", rnd(N_EMBD, N_FF))
         w.add_tensor(f"{p}.post_ffw_norm.weight", ones(N_EMBD))
 
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+#: The assistant (MTP drafter, llama.cpp architecture ``gemma4-assistant``): wider than the target, as
+#: llama.cpp requires its width to differ from the target's (``embedding_length_out``).
+ASSISTANT_EMBD = 128
+ASSISTANT_SWA_PATTERN = (True, False)  # its layers read the target's last sliding and last full layer
+
+
+def write_tiny_gemma4_assistant(path: Path, target: Path, *, seed: int = 0) -> Path:
+    """Write a ``gemma4-assistant`` GGUF for ``target``, a model of :func:`write_tiny_gemma4_text`.
+
+    What ``src/models/gemma4-assistant.cpp`` of llama-cpp-python 0.3.36 reads: the keys of a Gemma 4
+    text model plus ``embedding_length_out`` (the target's width, which must differ from its own) and
+    ``nextn_predict_layers`` (= ``block_count``: every layer is a drafting layer); tensors
+    ``nextn.pre_projection`` (own width x 2 target widths: applied to [target token embedding * sqrt(64),
+    target hidden state]), per layer a query projection but no K/V (attention reads the target's KV
+    cache: sliding layers its last sliding layer, full layers its last layer), ``layer_output_scale``,
+    the output (its tied ``token_embd``) and ``nextn.post_projection`` (back to the target's width: the
+    hidden state the next draft step gets).
+
+    Not random: its weights make it a bigram predictor of the target. The pre-projection passes the
+    target's scaled token embedding through (and drops the hidden state), the layers add only a weak
+    attention term (the shared KV cache must be read, and matter a little), and its output matrix is
+    the target's, zero-padded. Since the tiny target's residual stream is dominated by the token
+    embedding, the assistant guesses the target's next token right often but not always: a test sees
+    both accepted drafts and rollbacks.
+    """
+    import gguf
+
+    tokens, types, merges = build_vocab()
+    n_vocab = len(tokens)
+    reader = gguf.GGUFReader(str(target))
+    out_target = next(np.asarray(t.data, dtype=np.float32) for t in reader.tensors if t.name == "output.weight")
+    assert out_target.shape == (n_vocab, N_EMBD)
+    rng = np.random.default_rng(seed + 7)
+
+    def rnd(*shape: int, scale: float = 0.05) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    arch = "gemma4-assistant"
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_string("general.name", "tiny-random-gemma4-assistant")
+    w.add_uint32(f"{arch}.context_length", N_CTX_TRAIN)
+    w.add_uint32(f"{arch}.embedding_length", ASSISTANT_EMBD)
+    w.add_uint32(f"{arch}.embedding_length_out", N_EMBD)
+    w.add_uint32(f"{arch}.block_count", len(ASSISTANT_SWA_PATTERN))
+    w.add_uint32(f"{arch}.nextn_predict_layers", len(ASSISTANT_SWA_PATTERN))
+    w.add_uint32(f"{arch}.feed_forward_length", N_FF)
+    w.add_uint32(f"{arch}.attention.head_count", N_HEAD)
+    w.add_uint32(f"{arch}.attention.head_count_kv", N_HEAD_KV)
+    w.add_uint32(f"{arch}.attention.key_length", HEAD_DIM_FULL)
+    w.add_uint32(f"{arch}.attention.value_length", HEAD_DIM_FULL)
+    w.add_uint32(f"{arch}.attention.key_length_swa", HEAD_DIM_SWA)
+    w.add_uint32(f"{arch}.attention.value_length_swa", HEAD_DIM_SWA)
+    w.add_uint32(f"{arch}.rope.dimension_count", HEAD_DIM_FULL)
+    w.add_uint32(f"{arch}.rope.dimension_count_swa", HEAD_DIM_SWA)
+    w.add_float32(f"{arch}.rope.freq_base", 1_000_000.0)
+    w.add_float32(f"{arch}.rope.freq_base_swa", 10_000.0)
+    w.add_uint32(f"{arch}.attention.sliding_window", SLIDING_WINDOW)
+    w.add_array(f"{arch}.attention.sliding_window_pattern", list(ASSISTANT_SWA_PATTERN))
+    w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", RMS_EPS)
+    w.add_uint32(f"{arch}.attention.shared_kv_layers", 0)
+    _add_tokenizer(w, tokens, types, merges, CHAT_TEMPLATE)
+
+    ones = lambda n: np.ones(n, dtype=np.float32)  # noqa: E731
+    zeros = lambda *shape: np.zeros(shape, dtype=np.float32)  # noqa: E731
+    embd = zeros(n_vocab, ASSISTANT_EMBD)
+    embd[:, :N_EMBD] = out_target
+    w.add_tensor("token_embd.weight", embd)
+    w.add_tensor("output_norm.weight", ones(ASSISTANT_EMBD))
+    pre = zeros(ASSISTANT_EMBD, 2 * N_EMBD)
+    pre[:N_EMBD, :N_EMBD] = np.eye(N_EMBD, dtype=np.float32)
+    w.add_tensor("nextn.pre_projection.weight", pre)
+    post = zeros(N_EMBD, ASSISTANT_EMBD)
+    post[:, :N_EMBD] = np.eye(N_EMBD, dtype=np.float32)
+    w.add_tensor("nextn.post_projection.weight", post)
+    w.add_tensor("rope_freqs.weight", _rope_freqs())
+    for il, is_swa in enumerate(ASSISTANT_SWA_PATTERN):
+        hd = HEAD_DIM_SWA if is_swa else HEAD_DIM_FULL
+        p = f"blk.{il}"
+        w.add_tensor(f"{p}.attn_norm.weight", ones(ASSISTANT_EMBD))
+        w.add_tensor(f"{p}.attn_q.weight", rnd(N_HEAD * hd, ASSISTANT_EMBD))
+        w.add_tensor(f"{p}.attn_output.weight", rnd(ASSISTANT_EMBD, N_HEAD * hd))
+        w.add_tensor(f"{p}.attn_q_norm.weight", ones(hd))
+        w.add_tensor(f"{p}.post_attention_norm.weight", np.full(ASSISTANT_EMBD, 0.05, dtype=np.float32))
+        w.add_tensor(f"{p}.layer_output_scale.weight", ones(1))
+        w.add_tensor(f"{p}.ffn_norm.weight", ones(ASSISTANT_EMBD))
+        w.add_tensor(f"{p}.ffn_gate.weight", rnd(N_FF, ASSISTANT_EMBD))
+        w.add_tensor(f"{p}.ffn_up.weight", rnd(N_FF, ASSISTANT_EMBD))
+        w.add_tensor(f"{p}.ffn_down.weight", zeros(ASSISTANT_EMBD, N_FF))
+        w.add_tensor(f"{p}.post_ffw_norm.weight", ones(ASSISTANT_EMBD))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -418,6 +520,7 @@ def build_tiny_gemma4(out_dir: Path, *, seed: int = 0) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = write_tiny_gemma4_text(out_dir / "tiny-gemma4.gguf", seed=seed)
+    write_tiny_gemma4_assistant(out_dir / "tiny-gemma4-assistant.gguf", model, seed=seed)
     rng = np.random.default_rng(seed + 1)
     mmproj = write_gemma4_mmproj(
         out_dir / "mmproj-tiny-gemma4.gguf",
