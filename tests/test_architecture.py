@@ -152,6 +152,20 @@ def test_importing_core_loads_no_terminal_library() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_nothing_imports_names_from_the_llama_cpp_package() -> None:
+    """`from llama_cpp import x` asks the package for `x`, which runs its __init__ (native.bindings
+    registers it without): half a second of imports, and its logger then prints llama.cpp's log on
+    stderr whatever -v says. Submodules are imported by their full name instead."""
+    offenders = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module == "llama_cpp" and node.level == 0:
+                offenders.append(f"{name}:{node.lineno}")
+            if isinstance(node, ast.Import) and any(a.name == "llama_cpp" for a in node.names):
+                offenders.append(f"{name}:{node.lineno}")
+    assert offenders == []
+
+
 def test_a_library_error_reads_with_parameter_names() -> None:
     from gemmapipe.cli.errors import for_people
     from gemmapipe.core.errors import ContextOverflow, UsageError

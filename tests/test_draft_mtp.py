@@ -41,10 +41,11 @@ def _answers(eng: LocalEngine, options: GenerateOptions) -> list[str]:
 @pytest.mark.parametrize("mode", ["greedy", "seeded"])
 def test_the_assistant_drafts_on_the_models_kv_cache_and_the_text_stays(
         tiny_gemma4: tuple[Path, Path], tiny_gemma4_assistant: Path, mode: str) -> None:
-    from llama_cpp import llama_cpp_ext
+    import importlib
 
     from gemmapipe.core.engine.speculative import MtpDraft, ctypes_address
 
+    llama_cpp_ext = importlib.import_module("llama_cpp.llama_cpp_ext")
     model = tiny_gemma4[0]
     with _engine(model) as eng:
         plain = _answers(eng, OPTIONS[mode])
@@ -95,9 +96,11 @@ def _pngs(folder: Path, n: int) -> list[str]:
 @pytest.mark.parametrize("sampling", [[], ["--temperature", "0.8", "--seed", "5"]])
 def test_describe_with_draft_mtp_finds_the_assistant_and_keeps_every_answer(
         tiny_gemma4: tuple[Path, Path], tiny_gemma4_assistant: Path, tmp_path: Path,
-        capsys: pytest.CaptureFixture[str], sampling: list[str]) -> None:
+        capfd: pytest.CaptureFixture[str], sampling: list[str]) -> None:
     """Images through the projector, then the answers drafted by the assistant (found beside the
-    model by `--draft mtp`), with one sequence and with three: the same texts, in input order."""
+    model by `--draft mtp`), with one sequence and with three: the same texts, in input order, and
+    nothing on stderr without -v (llama.cpp's log included, which goes to file descriptor 2)."""
+    capsys = capfd
     images = _pngs(tmp_path, 5)
     base = ["describe", "-m", str(tiny_gemma4[0]), "-t", str(THREADS), "--max-tokens", "30", *sampling,
             "-f", "jsonl", *images]
@@ -105,7 +108,9 @@ def test_describe_with_draft_mtp_finds_the_assistant_and_keeps_every_answer(
     plain = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     for extra in (["--draft", "mtp"], ["--draft", "mtp", "-j", "3"], ["--draft", str(tiny_gemma4_assistant)]):
         assert run([*base, *extra]) == 0, extra
-        got = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+        out = capsys.readouterr()
+        assert out.err == "", out.err[:500]
+        got = [json.loads(x) for x in out.out.splitlines()]
         assert [g["file"] for g in got] == images
         assert [g["text"] for g in got] == [p["text"] for p in plain], extra
         assert sum(g["meta"]["draft"]["drafted"] for g in got) > 0

@@ -167,6 +167,9 @@ def test_engine_state_setup_names_adapters_and_scales(tiny_gemma4: tuple[Path, P
                               f"{adapters['good'].stat().st_mtime_ns}", 0.5]]
     with LocalEngine(EngineConfig(model=model, threads=THREADS), pair, n_ctx=512) as eng:
         assert "lora" not in eng.state_setup()  # keys of states saved without adapters are unchanged
+    from importlib.metadata import version
+
+    assert setup["llama_cpp"] == version("llama_cpp_python")  # a state of another llama.cpp is not reused
 
 
 # --- parsing and refusals (no model run) -----------------------------------------------------------

@@ -1257,8 +1257,6 @@ class LocalEngine:
     def state_setup(self) -> dict[str, Any]:
         """What a saved state depends on besides the prompt: files (LoRA adapters and their scales
         included), context and KV-cache layout."""
-        import llama_cpp
-
         from ..lora import state_key
         from ..statecache import file_identity
 
@@ -1267,7 +1265,7 @@ class LocalEngine:
                                                                          else None),
                 "n_ctx": self.n_ctx, "cache_type": c.cache_type, "flash_attn": c.flash_attn, "swa_full": c.swa_full,
                 "no_template": c.no_template, "image_tokens": [c.image_min_tokens, c.image_max_tokens],
-                "llama_cpp": getattr(llama_cpp, "__version__", ""), **state_key(c.lora)}
+                "llama_cpp": _llama_cpp_version(), **state_key(c.lora)}
 
     @property
     def templated(self) -> bool:
@@ -1317,6 +1315,17 @@ class LocalEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _llama_cpp_version() -> str:
+    """The installed llama-cpp-python's version (its package's __version__ is not read: the package
+    is registered without running its __init__, see native.bindings)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llama_cpp_python")
+    except PackageNotFoundError:
+        return ""
 
 
 @interrupt.native_callback

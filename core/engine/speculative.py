@@ -289,8 +289,11 @@ def mtp_bindings(L: Any) -> tuple[Any, str | None]:
     or (None, what is missing). The nextn getters live in a module its authors mark as not public;
     its functions are looked up by symbol name when it is imported, so an older or differently built
     library raises there, and a missing context field or constant is checked here too."""
-    try:
-        from llama_cpp import llama_cpp_ext as X
+    import importlib
+
+    try:  # not `from llama_cpp import ...`: that runs the package's __init__ (see native.bindings),
+        # whose logger then prints llama.cpp's log to stderr
+        X = importlib.import_module("llama_cpp.llama_cpp_ext")
     except (ImportError, AttributeError, OSError) as exc:
         return None, f"llama_cpp.llama_cpp_ext cannot be loaded ({exc})"
     for name in ("llama_set_embeddings_nextn", "llama_get_embeddings_nextn_ith", "llama_get_ctx_other"):
