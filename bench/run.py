@@ -36,6 +36,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "batch": ("bench_batch.py", [], ["--quick"]),
     "speech": ("bench_speech.py", [], ["--quick"]),
     "server": ("bench_server.py", [], ["--quick"]),
+    "parallel": ("bench_parallel.py", [], ["--quick"]),
 }
 
 
