@@ -380,7 +380,7 @@ def test_probe_video_frames_and_audio_carry_words_at_their_times(
 
 
 def test_thinking_is_stripped_and_routed(tiny_engine: LocalEngine, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Script the sampler to emit a thought channel then an answer: the answer stream never sees
+    """Script the sampling to emit a thought channel then an answer: the answer stream never sees
     the thought, which goes to on_thought (the CLI prints it dimmed on stderr)."""
     eng = tiny_engine
     assert eng._thought_open is not None and eng._thought_close is not None  # from the GGUF's vocabulary
@@ -388,7 +388,7 @@ def test_thinking_is_stripped_and_routed(tiny_engine: LocalEngine, monkeypatch: 
     answer = eng.tokenize("final answer", add_special=False, parse_special=False)
     eos = eng.tokenize("<turn|>", add_special=False, parse_special=True)
     script = iter([eng._thought_open, *think, eng._thought_close, *answer, *eos])
-    monkeypatch.setattr(eng._L, "llama_sampler_sample", lambda *a: next(script))
+    monkeypatch.setattr(eng, "_sample", lambda req, row: next(script))  # where every token is picked
     thoughts: list[str] = []
     out = "".join(eng.generate([Message.user("q")], GenerateOptions(max_tokens=50, think=True,
                                                                      on_thought=thoughts.append)))
