@@ -332,3 +332,16 @@ def test_an_entry_of_an_older_prompt_layout_is_not_used(video: Video, cli_env: P
     video.ask_ok("miss", 0)  # the current layout: another key, no warning
     assert len(_entries(cli_env)) == 2 and old in _entries(cli_env)
     video.ask_ok("hit", 0)
+
+
+def test_each_sequence_count_keeps_its_own_state(video: Video, cli_env: Path) -> None:
+    """llama.cpp refuses a sequence's state saved with another KV stream count ("n_stream mismatch"),
+    and -j N gives the cache N streams: switching -j must neither warn nor lose either state."""
+    def ask(*extra: str) -> str:
+        doc, err = video.ask(*extra)
+        assert _warnings(err) == [], err
+        assert doc["text"] == video.reference
+        return str(doc["meta"].get("cache"))
+
+    assert [ask("-j", "2"), ask(), ask("-j", "2"), ask(), ask("-j", "3")] == ["miss", "miss", "hit", "hit", "miss"]
+    assert len(_entries(cli_env)) == 3

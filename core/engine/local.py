@@ -1256,14 +1256,17 @@ class LocalEngine:
 
     def state_setup(self) -> dict[str, Any]:
         """What a saved state depends on besides the prompt: files (LoRA adapters and their scales
-        included), context and KV-cache layout."""
+        included), context and KV-cache layout: with N sequences the cache has N streams, and
+        llama.cpp refuses a sequence's state saved with another stream count (the key is absent for
+        one stream)."""
         from ..lora import state_key
         from ..statecache import file_identity
 
         c = self.config
         return {"model": file_identity(c.model), "mmproj": file_identity(self.pair.mmproj.path if self.pair.mmproj
                                                                          else None),
-                "n_ctx": self.n_ctx, "cache_type": c.cache_type, "flash_attn": c.flash_attn, "swa_full": c.swa_full,
+                "n_ctx": self.n_ctx, **({"n_stream": self._n_seq} if self._n_seq > 1 else {}),
+                "cache_type": c.cache_type, "flash_attn": c.flash_attn, "swa_full": c.swa_full,
                 "no_template": c.no_template, "image_tokens": [c.image_min_tokens, c.image_max_tokens],
                 "llama_cpp": _llama_cpp_version(), **state_key(c.lora)}
 
