@@ -219,3 +219,27 @@ def test_a_llama_cpp_python_without_mtp_is_refused_in_one_line(tiny_gemma4: tupl
     errors = [x for x in proc.stderr.splitlines() if x.startswith("gemmapipe: error:")]
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "cannot run a Gemma 4 assistant" in errors[0], errors[0]
+
+
+def test_a_video_follow_up_from_the_saved_state_is_drafted_too(tiny_gemma4: tuple[Path, Path], tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """The second question restores the saved KV state of the video (the assistant reads that cache)
+    and evaluates only the question: the answer is the undrafted one, and its meta says what was drafted."""
+    from media_factory import write_video
+
+    mp4 = write_video(tmp_path / "v.mp4", seconds=3.0, fps=5, with_audio=True)
+    base = ["video", "-m", str(tiny_gemma4[0]), "-t", str(THREADS), "--max-tokens", "24", "-f", "json", str(mp4)]
+
+    def ask(question: str, *extra: str) -> dict[str, object]:
+        assert run([*base, "-p", question, *extra]) == 0
+        doc: dict[str, object] = json.loads(capsys.readouterr().out)
+        return doc
+
+    plain = ask("what changes?", "--no-cache")["text"]
+    first = ask("what happens?", "--draft", "mtp")
+    again = ask("what changes?", "--draft", "mtp")
+    meta = again["meta"]
+    assert isinstance(meta, dict) and meta["cache"] == "hit"
+    assert again["text"] == plain
+    assert meta["draft"]["drafted"] > 0
+    assert isinstance(first["meta"], dict) and first["meta"]["cache"] == "miss"

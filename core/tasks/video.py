@@ -355,6 +355,15 @@ def _read_skeleton(info: dict[str, Any]) -> list[tuple[int, Literal["image", "au
     return [(r[0], _KINDS[r[1]]) for r in rows]
 
 
+def _draft_meta(engine: Engine) -> dict[str, Any]:
+    """{"draft": counts} of speculative decoding over the engine's life (this video's answers), or {}."""
+    stats = engine.stats
+    if not stats.total_drafted:
+        return {}
+    return {"draft": {"drafted": stats.total_drafted, "accepted": stats.total_accepted,
+                      "acceptance": round(stats.total_accepted / stats.total_drafted, 4)}}
+
+
 def _answer_from_cache(source: Source, engine: Engine, options: VideoOptions, n_ctx: int,
                        t0: float) -> Description | None:
     """A follow-up on a video whose prefilled state was saved: restore it, lay the prompt's text out
@@ -388,8 +397,9 @@ def _answer_from_cache(source: Source, engine: Engine, options: VideoOptions, n_
         cache.reject(key, "the saved prompt is not the one this run builds")
         return None
     text = "".join(out).strip()
-    meta = {**meta, "cache": "hit", "timeline": "saved", "prompt_evaluated": engine.stats.prompt_evaluated,
-            "windows": 1, "seconds": round(time.perf_counter() - t0, 3)}
+    meta = {**{k: v for k, v in meta.items() if k != "draft"}, "cache": "hit", "timeline": "saved",
+            "prompt_evaluated": engine.stats.prompt_evaluated, "windows": 1, **_draft_meta(engine),
+            "seconds": round(time.perf_counter() - t0, 3)}
     return Description(file=source.name, text=text, meta=meta)
 
 
@@ -469,9 +479,6 @@ def video(source: Source, engine_for: Callable[[int], Engine], options: VideoOpt
         text = _generate(engine, reduce, options.generate)
         meta["windows"] = len(windows)
         meta["window_answers"] = answers
-    stats = engine.stats
-    if stats.total_drafted:  # speculative decoding over the engine's life (this video's answers)
-        meta["draft"] = {"drafted": stats.total_drafted, "accepted": stats.total_accepted,
-                         "acceptance": round(stats.total_accepted / stats.total_drafted, 4)}
+    meta.update(_draft_meta(engine))
     meta["seconds"] = round(time.perf_counter() - t0, 3)
     return Description(file=source.name, text=text, meta=meta)
