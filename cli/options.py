@@ -43,6 +43,15 @@ def _check_lora(ctx: typer.Context, param: Any, value: list[str] | None) -> list
     return value
 
 
+def _check_draft(ctx: typer.Context, param: Any, value: str | None) -> str | None:
+    """--draft at parse time (flag or config file): empty is a usage error, ngram/mtp in any case."""
+    if value is None or ctx.resilient_parsing:
+        return value
+    from gemmapipe.core.engine.speculative import parse_draft
+
+    return parse_draft(value)
+
+
 MODEL_PANEL = "Model"
 OUTPUT_PANEL = "Output"
 SERVER_PANEL = "Server"
@@ -153,7 +162,7 @@ _SPEC: dict[str, tuple[Any, Any]] = {
              "in flight, locally decoded together in one context (N times the KV cache). Output order "
              "is kept.")], 1),
     "draft": (Annotated[str | None, typer.Option(
-        "--draft", rich_help_panel=MODEL_PANEL, show_default=False, metavar="ngram|mtp|FILE",
+        "--draft", rich_help_panel=MODEL_PANEL, show_default=False, metavar="ngram|mtp|FILE", callback=_check_draft,
         help="Speculative decoding: 'ngram' (prompt lookup), 'mtp' (the Gemma 4 assistant GGUF beside "
              "the model) or a draft model GGUF with the same vocabulary (an assistant too); greedy and "
              "seeded output stay the model's own.")], None),

@@ -305,6 +305,9 @@ class Session:
         draft = self.draft_file()
         if not draft or draft == "ngram":
             return est
+        from .engine.speculative import check_draft_file
+
+        check_draft_file(str(Path(draft).expanduser()))
         info = read_gguf(Path(draft).expanduser(), role="draft model")
         weights = info.path.stat().st_size
         kv = 0  # a Gemma 4 assistant reads the model's own KV cache
@@ -339,8 +342,10 @@ class Session:
         """What the engine drafts with: None, "ngram", or a draft model's path ("mtp" resolved to the
         Gemma 4 assistant beside the model, found as the projector is)."""
         draft = self.config.draft
-        if draft != "mtp":
+        if not draft or draft == "ngram":
             return draft
+        if draft != "mtp":
+            return str(Path(draft).expanduser())  # a config file's ~/models/x.gguf
         if self._draft_file is None:
             from .model import find_assistant
 

@@ -243,3 +243,15 @@ def test_a_video_follow_up_from_the_saved_state_is_drafted_too(tiny_gemma4: tupl
     assert again["text"] == plain
     assert meta["draft"]["drafted"] > 0
     assert isinstance(first["meta"], dict) and first["meta"]["cache"] == "miss"
+
+
+def test_the_draft_value_is_checked_where_it_is_parsed(tiny_gemma4: tuple[Path, Path],
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["chat", "-m", str(tiny_gemma4[0]), "-t", str(THREADS), "--max-tokens", "8", PROMPTS[0]]
+    assert run([*base, "--draft", " "]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gemmapipe: error: --draft: is empty"), err
+    assert run([*base, "--draft", "MTP", "-v"]) == 0  # the method names in any case
+    assert "draft:" in capsys.readouterr().err
+    assert run([*base, "--draft", "nope"]) == 4
+    assert "hint: give a GGUF file, or --draft ngram or --draft mtp" in capsys.readouterr().err

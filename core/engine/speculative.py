@@ -84,6 +84,18 @@ VOCAB_CHECK_START_TOKEN_ID = 5
 _VOCAB_TYPES = {0: "none", 1: "SentencePiece", 2: "BPE", 3: "WordPiece", 4: "Unigram", 5: "RWKV", 6: "PLaMo-2"}
 
 
+DRAFT_METHODS = ("ngram", "mtp")
+
+
+def parse_draft(value: str) -> str:
+    """A --draft value: "ngram" or "mtp" (any case), else a draft model's path; an empty one is refused."""
+    from ..errors import UsageError
+
+    if not value.strip():
+        raise UsageError(None, "is empty", "give ngram, mtp or a draft model GGUF", parameter="draft")
+    return value.lower() if value.lower() in DRAFT_METHODS else value
+
+
 def check_draft_file(path: str) -> None:
     """A draft model path that is not a readable GGUF file: ModelError, before anything loads."""
     from ..errors import ModelError
@@ -92,7 +104,8 @@ def check_draft_file(path: str) -> None:
         with open(path, "rb") as fh:
             magic = fh.read(4)
     except FileNotFoundError:
-        raise ModelError(f"draft model {path}", "no such file", "give a GGUF file or {draft} ngram") from None
+        raise ModelError(f"draft model {path}", "no such file",
+                         "give a GGUF file, or {draft} ngram or {draft} mtp") from None
     except IsADirectoryError:
         raise ModelError(f"draft model {path}", "is a directory, not a GGUF file") from None
     except OSError as exc:
