@@ -53,7 +53,6 @@ import numpy as np
 BUILDER_VERSION = 4
 
 N_EMBD = 64
-N_LAYER = 4
 N_HEAD = 2
 N_HEAD_KV = 1
 HEAD_DIM_FULL = 32
@@ -187,6 +186,29 @@ def _rope_freqs() -> np.ndarray:
     return np.array([1.0] * n_rot + [1e30] * n_unrot, dtype=np.float32)
 
 
+def _add_layout_keys(w: Any, arch: str, n_embd: int, swa_pattern: Sequence[bool]) -> None:
+    """The shape keys the text model and its assistant share (the attention sizes must match: the
+    assistant reads the model's KV cache)."""
+    w.add_uint32(f"{arch}.context_length", N_CTX_TRAIN)
+    w.add_uint32(f"{arch}.embedding_length", n_embd)
+    w.add_uint32(f"{arch}.block_count", len(swa_pattern))
+    w.add_uint32(f"{arch}.feed_forward_length", N_FF)
+    w.add_uint32(f"{arch}.attention.head_count", N_HEAD)
+    w.add_uint32(f"{arch}.attention.head_count_kv", N_HEAD_KV)
+    w.add_uint32(f"{arch}.attention.key_length", HEAD_DIM_FULL)
+    w.add_uint32(f"{arch}.attention.value_length", HEAD_DIM_FULL)
+    w.add_uint32(f"{arch}.attention.key_length_swa", HEAD_DIM_SWA)
+    w.add_uint32(f"{arch}.attention.value_length_swa", HEAD_DIM_SWA)
+    w.add_uint32(f"{arch}.rope.dimension_count", HEAD_DIM_FULL)
+    w.add_uint32(f"{arch}.rope.dimension_count_swa", HEAD_DIM_SWA)
+    w.add_float32(f"{arch}.rope.freq_base", 1_000_000.0)
+    w.add_float32(f"{arch}.rope.freq_base_swa", 10_000.0)
+    w.add_uint32(f"{arch}.attention.sliding_window", SLIDING_WINDOW)
+    w.add_array(f"{arch}.attention.sliding_window_pattern", list(swa_pattern))
+    w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", RMS_EPS)
+    w.add_uint32(f"{arch}.attention.shared_kv_layers", 0)
+
+
 def _add_tokenizer(w: Any, tokens: list[str], types: list[int], merges: list[str], chat_template: str) -> None:
     """The tokenizer keys shared by the text model and its assistant."""
     n_vocab = len(tokens)
@@ -222,25 +244,8 @@ def write_tiny_gemma4_text(path: Path, *, seed: int = 0, chat_template: str = CH
     w = gguf.GGUFWriter(str(path), "gemma4")
     arch = "gemma4"
     w.add_string("general.name", "tiny-random-gemma4-unified")
-    w.add_uint32(f"{arch}.context_length", N_CTX_TRAIN)
-    w.add_uint32(f"{arch}.embedding_length", N_EMBD)
-    w.add_uint32(f"{arch}.block_count", N_LAYER)
-    w.add_uint32(f"{arch}.feed_forward_length", N_FF)
-    w.add_uint32(f"{arch}.attention.head_count", N_HEAD)
-    w.add_uint32(f"{arch}.attention.head_count_kv", N_HEAD_KV)
-    w.add_uint32(f"{arch}.attention.key_length", HEAD_DIM_FULL)
-    w.add_uint32(f"{arch}.attention.value_length", HEAD_DIM_FULL)
-    w.add_uint32(f"{arch}.attention.key_length_swa", HEAD_DIM_SWA)
-    w.add_uint32(f"{arch}.attention.value_length_swa", HEAD_DIM_SWA)
-    w.add_uint32(f"{arch}.rope.dimension_count", HEAD_DIM_FULL)
-    w.add_uint32(f"{arch}.rope.dimension_count_swa", HEAD_DIM_SWA)
-    w.add_float32(f"{arch}.rope.freq_base", 1_000_000.0)
-    w.add_float32(f"{arch}.rope.freq_base_swa", 10_000.0)
-    w.add_uint32(f"{arch}.attention.sliding_window", SLIDING_WINDOW)
-    w.add_array(f"{arch}.attention.sliding_window_pattern", list(SWA_PATTERN))
-    w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", RMS_EPS)
+    _add_layout_keys(w, arch, N_EMBD, SWA_PATTERN)
     w.add_uint32(f"{arch}.embedding_length_per_layer_input", 0)
-    w.add_uint32(f"{arch}.attention.shared_kv_layers", 0)
     w.add_float32(f"{arch}.final_logit_softcapping", SOFTCAP)
 
     _add_tokenizer(w, tokens, types, merges, chat_template)
@@ -317,26 +322,9 @@ def write_tiny_gemma4_assistant(path: Path, target: Path, *, seed: int = 0) -> P
     arch = "gemma4-assistant"
     w = gguf.GGUFWriter(str(path), arch)
     w.add_string("general.name", "tiny-random-gemma4-assistant")
-    w.add_uint32(f"{arch}.context_length", N_CTX_TRAIN)
-    w.add_uint32(f"{arch}.embedding_length", ASSISTANT_EMBD)
+    _add_layout_keys(w, arch, ASSISTANT_EMBD, ASSISTANT_SWA_PATTERN)
     w.add_uint32(f"{arch}.embedding_length_out", N_EMBD)
-    w.add_uint32(f"{arch}.block_count", len(ASSISTANT_SWA_PATTERN))
     w.add_uint32(f"{arch}.nextn_predict_layers", len(ASSISTANT_SWA_PATTERN))
-    w.add_uint32(f"{arch}.feed_forward_length", N_FF)
-    w.add_uint32(f"{arch}.attention.head_count", N_HEAD)
-    w.add_uint32(f"{arch}.attention.head_count_kv", N_HEAD_KV)
-    w.add_uint32(f"{arch}.attention.key_length", HEAD_DIM_FULL)
-    w.add_uint32(f"{arch}.attention.value_length", HEAD_DIM_FULL)
-    w.add_uint32(f"{arch}.attention.key_length_swa", HEAD_DIM_SWA)
-    w.add_uint32(f"{arch}.attention.value_length_swa", HEAD_DIM_SWA)
-    w.add_uint32(f"{arch}.rope.dimension_count", HEAD_DIM_FULL)
-    w.add_uint32(f"{arch}.rope.dimension_count_swa", HEAD_DIM_SWA)
-    w.add_float32(f"{arch}.rope.freq_base", 1_000_000.0)
-    w.add_float32(f"{arch}.rope.freq_base_swa", 10_000.0)
-    w.add_uint32(f"{arch}.attention.sliding_window", SLIDING_WINDOW)
-    w.add_array(f"{arch}.attention.sliding_window_pattern", list(ASSISTANT_SWA_PATTERN))
-    w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", RMS_EPS)
-    w.add_uint32(f"{arch}.attention.shared_kv_layers", 0)
     _add_tokenizer(w, tokens, types, merges, CHAT_TEMPLATE)
 
     ones = lambda n: np.ones(n, dtype=np.float32)  # noqa: E731
