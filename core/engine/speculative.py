@@ -137,6 +137,22 @@ def vocab_mismatch(L: Any, target: Any, draft: Any) -> str | None:
     return None
 
 
+def draft_context_params(L: Any, *, n_ctx: int, n_batch: int, n_seq: int, threads: int, flash_attn: int,
+                         swa_full: bool) -> Any:
+    """llama_context_params of a drafter's context: one KV stream per sequence (sequence ids are the
+    target's), as the target's context is laid out."""
+    cp = L.llama_context_default_params()
+    cp.n_ctx = n_ctx
+    cp.n_batch = cp.n_ubatch = n_batch
+    cp.n_seq_max = n_seq
+    cp.kv_unified = False
+    cp.n_threads = cp.n_threads_batch = threads
+    cp.flash_attn_type = flash_attn
+    cp.swa_full = swa_full
+    cp.no_perf = True
+    return cp
+
+
 class ModelDraft:
     """A smaller model with the target's vocabulary, in a context of its own with one sequence per
     target sequence (the same ids). It proposes greedily. What its KV cache holds per sequence is
@@ -158,15 +174,8 @@ class ModelDraft:
         if n_seq > 1:
             per_seq = -(-per_seq // 256) * 256
         self.n_batch = 512
-        cp = L.llama_context_default_params()
-        cp.n_ctx = per_seq * n_seq
-        cp.n_batch = cp.n_ubatch = self.n_batch
-        cp.n_seq_max = n_seq
-        cp.kv_unified = False
-        cp.n_threads = cp.n_threads_batch = threads
-        cp.flash_attn_type = flash_attn
-        cp.swa_full = True
-        cp.no_perf = True
+        cp = draft_context_params(L, n_ctx=per_seq * n_seq, n_batch=self.n_batch, n_seq=n_seq, threads=threads,
+                                  flash_attn=flash_attn, swa_full=True)
         self._ctx = L.llama_init_from_model(model, cp)
         if not self._ctx:
             self.close()
@@ -354,15 +363,8 @@ class MtpDraft:
         self._target = target_ctx
         self.n_embd = int(L.llama_model_n_embd_out(model))
         self.n_batch = max(8, n_seq)
-        cp = L.llama_context_default_params()
-        cp.n_ctx = n_ctx
-        cp.n_batch = cp.n_ubatch = self.n_batch
-        cp.n_seq_max = n_seq
-        cp.kv_unified = False
-        cp.n_threads = cp.n_threads_batch = threads
-        cp.flash_attn_type = flash_attn
-        cp.swa_full = swa_full
-        cp.no_perf = True
+        cp = draft_context_params(L, n_ctx=n_ctx, n_batch=self.n_batch, n_seq=n_seq, threads=threads,
+                                  flash_attn=flash_attn, swa_full=swa_full)
         cp.ctx_type = L.LLAMA_CONTEXT_TYPE_MTP
         cp.ctx_other = target_ctx
         if "n_outputs_max" in {f[0] for f in L.llama_context_params._fields_}:
