@@ -10,7 +10,6 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -67,19 +66,12 @@ def test_the_assistant_serves_several_sequences_at_once(tiny_gemma4: tuple[Path,
     model = tiny_gemma4[0]
     with _engine(model) as eng:
         plain = _answers(eng, OPTIONS["greedy"])
-    with _engine(model, parallel=3, draft=str(tiny_gemma4_assistant)) as eng:
-        got: dict[int, str] = {}
+    from gemmapipe.core.parallel import ordered_map
 
-        def one(i: int) -> None:
-            got[i] = "".join(eng.generate([Message.user(PROMPTS[i])], OPTIONS["greedy"]))
-
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(PROMPTS))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
+    with _engine(model, parallel=3, draft=str(tiny_gemma4_assistant)) as eng:  # three requests at a time
+        got = list(ordered_map(lambda p: "".join(eng.generate([Message.user(p)], OPTIONS["greedy"])), PROMPTS, 3))
         assert eng.stats.total_drafted > 0
-    assert [got.get(i) for i in range(len(PROMPTS))] == plain
+    assert got == plain
 
 
 def _pngs(folder: Path, n: int) -> list[str]:
