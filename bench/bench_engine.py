@@ -25,13 +25,13 @@ ratios reported are medians of the pairs' ratios.
 from __future__ import annotations
 
 import argparse
-import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_server import PLAIN, TIMING  # the plain chat template and llama.cpp's --perf lines
 from common import (
     MEDIA,
     at_least,
@@ -52,9 +52,6 @@ from common import (
 # ~230 tokens of text after a 48-token image: a prefill of a few hundred tokens, one 512-token batch.
 PROMPT = ("The history of the city begins with a small settlement on the river, where traders met to "
           "exchange grain, salt and cloth. Over the centuries it grew into ") * 6
-PLAIN = ("{%- for message in messages -%}{%- if message.content is string -%}{{ message.content }}"
-         "{%- else -%}{%- for part in message.content -%}{{ part.text }}{%- endfor -%}{%- endif -%}{%- endfor -%}")
-TIMING = re.compile(r"(prompt eval|eval) time =\s+([\d.]+) ms /\s+(\d+) (?:tokens|runs)")
 
 
 def mtmd_cli() -> Path | None:
