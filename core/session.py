@@ -27,6 +27,7 @@ from .model import ASSISTANT_ARCH
 
 if TYPE_CHECKING:
     from .engine.remote import RemoteEngine
+    from .gguf_meta import GGUFInfo
     from .model import ModelPair
 
 T = TypeVar("T")
@@ -125,6 +126,7 @@ class Session:
         self._engine_key: tuple[int, int, int] | None = None
         self._pair: ModelPair | None = None
         self._draft_file: str | None = None
+        self._draft_gguf: GGUFInfo | None = None
         self.failed = 0
         self.succeeded = 0
         self._lock = threading.RLock()  # engine and model are shared by the -j workers
@@ -300,15 +302,10 @@ class Session:
         """A draft model's weights and KV cache (one sequence per sequence, sliding window kept
         full, as the local engine makes it) added to a memory estimate."""
         from . import memory
-        from .gguf_meta import read_gguf
 
-        draft = self.draft_file()
-        if not draft or draft == "ngram":
+        info = self._draft_info()
+        if info is None:
             return est
-        from .engine.speculative import check_draft_file
-
-        check_draft_file(str(Path(draft).expanduser()))
-        info = read_gguf(Path(draft).expanduser(), role="draft model")
         weights = info.path.stat().st_size
         kv = 0  # a Gemma 4 assistant reads the model's own KV cache
         if info.architecture != ASSISTANT_ARCH:
@@ -354,15 +351,25 @@ class Session:
             self._draft_file = str(find_assistant(Path(pair.model.path)))
         return self._draft_file
 
-    def draft_method(self) -> str | None:
-        """"ngram", "mtp" (a Gemma 4 assistant) or "model" (a draft model); None without drafting."""
+    def _draft_info(self) -> GGUFInfo | None:
+        """The draft model's checked GGUF header (read once), None without a draft model."""
         draft = self.draft_file()
         if not draft or draft == "ngram":
-            return draft
-        from .gguf_meta import read_gguf
+            return None
+        if self._draft_gguf is None:
+            from .engine.speculative import check_draft_file
+            from .gguf_meta import read_gguf
 
-        return "mtp" if read_gguf(Path(draft).expanduser(), role="draft model").architecture == ASSISTANT_ARCH \
-            else "model"
+            check_draft_file(draft)
+            self._draft_gguf = read_gguf(Path(draft), role="draft model")
+        return self._draft_gguf
+
+    def draft_method(self) -> str | None:
+        """"ngram", "mtp" (a Gemma 4 assistant) or "model" (a draft model); None without drafting."""
+        info = self._draft_info()
+        if info is None:
+            return self.draft_file()
+        return "mtp" if info.architecture == ASSISTANT_ARCH else "model"
 
     def draft_summary(self) -> dict[str, Any] | None:
         """Speculative decoding over the run so far: tokens drafted, accepted, the acceptance rate."""

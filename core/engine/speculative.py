@@ -325,8 +325,10 @@ def mtp_bindings(L: Any) -> tuple[Any, str | None]:
     for name in ("ctx_type", "ctx_other"):
         if name not in fields:
             return None, f"llama_context_params has no {name}"
-    if not hasattr(L, "LLAMA_CONTEXT_TYPE_MTP") or not callable(getattr(L, "llama_model_n_embd_out", None)):
+    if not hasattr(L, "LLAMA_CONTEXT_TYPE_MTP"):
         return None, "llama_cpp has no LLAMA_CONTEXT_TYPE_MTP"
+    if not callable(getattr(L, "llama_model_n_embd_out", None)):
+        return None, "llama_cpp has no llama_model_n_embd_out"
     return X, None
 
 
@@ -389,14 +391,17 @@ class MtpDraft:
     def hidden(self, row: int) -> Any:
         """A copy of the target's hidden state at batch row `row` of its last decode (-1: the last row
         with logits), or None when llama.cpp has none (a decode that only evaluated media)."""
-        ptr = self._X.llama_get_embeddings_nextn_ith(self._target, row)
+        return self._nextn(self._target, row)
+
+    def _nextn(self, ctx: Any, row: int) -> Any:
+        ptr = self._X.llama_get_embeddings_nextn_ith(ctx, row)
         if not ptr:
             return None
         return self._np.ctypeslib.as_array(ptr, shape=(self.n_embd,)).copy()
 
     def propose(self, wants: list[tuple[int, int, int, Any, int]]) -> dict[int, list[int]]:
         """Up to k tokens after each (seq, pending token, its position, hidden state, k)."""
-        L, X, np = self._L, self._X, self._np
+        L = self._L
         drafts: dict[int, list[int]] = {}
         live = [(seq, tok, pos, h, k) for seq, tok, pos, h, k in wants if k > 0 and h is not None][: self.n_batch]
         batch = self._batch
@@ -419,9 +424,9 @@ class MtpDraft:
                 out.append(tok)
                 if len(out) >= k or L.llama_vocab_is_eog(self._vocab, tok):
                     continue
-                ptr = X.llama_get_embeddings_nextn_ith(self._ctx, i)
-                if ptr:
-                    live.append((seq, tok, pos, np.ctypeslib.as_array(ptr, shape=(self.n_embd,)).copy(), k))
+                h = self._nextn(self._ctx, i)
+                if h is not None:
+                    live.append((seq, tok, pos, h, k))
         return drafts
 
     def forget(self, seq: int) -> None:
