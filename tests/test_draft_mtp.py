@@ -247,3 +247,27 @@ def test_the_draft_value_is_checked_where_it_is_parsed(tiny_gemma4: tuple[Path, 
     assert "draft:" in capsys.readouterr().err
     assert run([*base, "--draft", "nope"]) == 4
     assert "hint: give a GGUF file, or --draft ngram or --draft mtp" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stage", ["load", "decode"])
+def test_a_signal_while_the_assistant_drafts_stops_the_run_and_keeps_the_old_output(
+        tiny_gemma4: tuple[Path, Path], tmp_path: Path, stage: str) -> None:
+    """Ctrl-C (a real SIGINT from the fault hook) while both models load or while drafted steps run:
+    exit 130 within seconds, one line, the existing -o file untouched, no temporary left beside it."""
+    import signal
+
+    from test_safety_signals import DEADLINE_S, assert_clean, run_with_fault
+
+    from gemmapipe.core.errors import ExitStatus
+
+    out = tmp_path / "answer.txt"
+    out.write_bytes(b"keep me\n")
+    code, err, waited = run_with_fault(["chat", "-m", str(tiny_gemma4[0]), "--draft", "mtp", "-t", str(THREADS),
+                                        "-c", "4096", "--max-tokens", "3000", "-o", str(out), "hello there"],  # a long answer
+                                       stage, signal.SIGINT, tmp_path)
+    assert code == ExitStatus.INTERRUPTED, err
+    assert waited < DEADLINE_S, f"{waited:.1f} s after the signal"
+    assert "Traceback" not in err and "interrupted" in err
+    assert out.read_bytes() == b"keep me\n"
+    assert_clean(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["answer.txt"]
