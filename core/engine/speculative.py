@@ -429,9 +429,6 @@ class MtpDraft:
                     live.append((seq, tok, pos, h, k))
         return drafts
 
-    def forget(self, seq: int) -> None:
-        """Nothing to forget: the assistant's cache is the target's."""
-
     def close(self) -> None:
         L = self._L
         if self._greedy:
